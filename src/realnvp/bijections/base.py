@@ -1,0 +1,100 @@
+"""The bijection contract every layer obeys, plus composition and inversion."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Bijection", "Chain", "Inverse"]
+
+
+class Bijection(nn.Module):
+    r"""An invertible map between data space and latent space.
+
+    Subclasses implement exactly two methods:
+
+    * ``forward(x, context=None) -> (z, log_det)`` maps data to latent, with
+      :math:`\log|\det \partial z / \partial x|` of shape ``(batch,)``;
+    * ``inverse(z, context=None) -> (x, log_det)`` maps latent to data, with
+      :math:`\log|\det \partial x / \partial z|`, which equals minus the forward one.
+
+    Everything else (flows, traces, inverses) is derived from these two. The simplest
+    concrete example is :class:`realnvp.bijections.Standardize`.
+    """
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class Inverse(Bijection):
+    """The inverse of a bijection: ``forward`` runs ``bijection.inverse`` and vice versa.
+
+    Example:
+        >>> from realnvp.bijections import Standardize
+        >>> b = Inverse(Standardize(torch.tensor([1.0]), torch.tensor([2.0])))
+        >>> b(torch.tensor([[0.5]]))[0]
+        tensor([[2.]])
+    """
+
+    def __init__(self, bijection: Bijection) -> None:
+        super().__init__()
+        self.bijection = bijection
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.bijection.inverse(x, context)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.bijection.forward(z, context)
+
+
+class Chain(Bijection):
+    r"""Composition :math:`f_K \circ \dots \circ f_1`; log-determinants add up.
+
+    ``forward`` applies the layers in order (data to latent), ``inverse`` in reverse.
+    :meth:`trace` returns every intermediate point, for per-layer pictures.
+
+    Example:
+        >>> from realnvp.bijections import Reverse
+        >>> chain = Chain([Reverse(2), Reverse(2)])
+        >>> chain(torch.tensor([[1.0, 2.0]]))[0]
+        tensor([[1., 2.]])
+    """
+
+    def __init__(self, layers: Iterable[Bijection]) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __getitem__(self, i: int) -> Bijection:
+        return self.layers[i]
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        total = x.new_zeros(x.shape[0])
+        for layer in self.layers:
+            x, log_det = layer(x, context)
+            total = total + log_det
+        return x, total
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        total = z.new_zeros(z.shape[0])
+        for layer in reversed(self.layers):
+            z, log_det = layer.inverse(z, context)
+            total = total + log_det
+        return z, total
+
+    @torch.no_grad()
+    def trace(self, x: Tensor, context: Tensor | None = None, inverse: bool = False) -> list[Tensor]:
+        """Every intermediate point: ``[x, f_1(x), f_2(f_1(x)), ...]`` (or the inverse path)."""
+        points = [x]
+        layers = reversed(self.layers) if inverse else self.layers
+        for layer in layers:
+            x, _ = layer.inverse(x, context) if inverse else layer(x, context)
+            points.append(x)
+        return points

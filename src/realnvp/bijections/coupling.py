@@ -1,0 +1,140 @@
+"""Coupling layers: keep the masked features, transform the rest given them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from realnvp.bijections.base import Bijection
+from realnvp.nn import MLP
+
+__all__ = ["AdditiveCoupling", "AffineCoupling", "Coupling"]
+
+
+class Coupling(Bijection):
+    r"""The coupling skeleton: split by ``mask``, condition on the kept half.
+
+    With ``x1 = x[mask]`` (kept) and ``x2 = x[~mask]`` (transformed),
+    ``y1 = x1`` and ``y2 = g(x2; theta(x1, context))`` for an elementwise bijection ``g``
+    whose parameters ``theta`` come from one conditioner network. Subclasses say how many
+    parameters ``g`` takes per feature (:attr:`params_per_feature`) and implement
+    :meth:`_transform` / :meth:`_untransform`. Halves are gathered and scattered by index,
+    never by multiplying with the mask, so the kept half passes through bit for bit.
+    """
+
+    params_per_feature: int = 2
+
+    def __init__(
+        self,
+        mask: Tensor,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "relu",
+        context_features: int = 0,
+    ) -> None:
+        super().__init__()
+        mask = torch.as_tensor(mask, dtype=torch.bool).reshape(-1)
+        if bool(mask.all()):
+            raise ValueError("Expected a mask that leaves at least one feature to transform")
+        self.register_buffer("mask", mask)
+        self.register_buffer("kept", mask.nonzero().reshape(-1))
+        self.register_buffer("transformed", (~mask).nonzero().reshape(-1))
+        self.context_features = int(context_features)
+        n_in = int(mask.sum()) + self.context_features
+        n_out = int((~mask).sum()) * self.params_per_feature
+        self.conditioner = MLP(n_in, n_out, hidden, activation)
+
+    def _params(self, x1: Tensor, context: Tensor | None) -> Tensor:
+        if self.context_features:
+            if context is None:
+                raise ValueError(
+                    f"Expected a context of {self.context_features} features; got None"
+                )
+            x1 = torch.cat([x1, context], dim=-1)
+        return self.conditioner(x1)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        x1 = x.index_select(1, self.kept)
+        x2 = x.index_select(1, self.transformed)
+        y2, log_det = self._transform(x2, self._params(x1, context))
+        return x.index_copy(1, self.transformed, y2), log_det
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        z1 = z.index_select(1, self.kept)
+        z2 = z.index_select(1, self.transformed)
+        x2, log_det = self._untransform(z2, self._params(z1, context))
+        return z.index_copy(1, self.transformed, x2), log_det
+
+    def _transform(self, x2: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def _untransform(self, z2: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+
+class AffineCoupling(Coupling):
+    r"""RealNVP's affine coupling (Dinh et al. 2016, arXiv:1605.08803).
+
+    .. math::
+        y_1 = x_1,\qquad y_2 = x_2 \odot \exp(s(x_1)) + t(x_1),\qquad
+        \log|\det J| = \textstyle\sum_j s_j(x_1)
+
+    and the inverse :math:`x_2 = (y_2 - t(y_1)) \odot \exp(-s(y_1))`. ``s`` and ``t`` are
+    the two halves of one conditioner's output; the log-scale is bounded smoothly as
+    ``s = c * tanh(s_raw / c)`` with ``c = scale_bound`` (``None`` for no bound).
+
+    Example:
+        >>> from realnvp.bijections.masks import half_mask
+        >>> layer = AffineCoupling(half_mask(2))
+        >>> z, log_det = layer(torch.randn(5, 2))
+        >>> z.shape, log_det.shape
+        (torch.Size([5, 2]), torch.Size([5]))
+    """
+
+    def __init__(
+        self,
+        mask: Tensor,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "relu",
+        context_features: int = 0,
+        scale_bound: float | None = 3.0,
+    ) -> None:
+        super().__init__(mask, hidden, activation, context_features)
+        if scale_bound is not None and not scale_bound > 0:
+            raise ValueError(f"Expected a positive scale_bound or None; got {scale_bound}")
+        self.scale_bound = scale_bound
+
+    def _scale_shift(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        s, t = params.chunk(2, dim=-1)
+        if self.scale_bound is not None:
+            s = torch.tanh(s / self.scale_bound) * self.scale_bound
+        return s, t
+
+    def _transform(self, x2: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        s, t = self._scale_shift(params)
+        return x2 * torch.exp(s) + t, s.sum(dim=-1)
+
+    def _untransform(self, z2: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        s, t = self._scale_shift(params)
+        return (z2 - t) * torch.exp(-s), -s.sum(dim=-1)
+
+
+class AdditiveCoupling(Coupling):
+    r"""NICE's additive coupling (Dinh et al. 2014): ``y2 = x2 + t(x1)``, volume preserving.
+
+    Example:
+        >>> from realnvp.bijections.masks import half_mask
+        >>> AdditiveCoupling(half_mask(3))(torch.randn(4, 3))[1]
+        tensor([0., 0., 0., 0.])
+    """
+
+    params_per_feature = 1
+
+    def _transform(self, x2: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return x2 + params, x2.new_zeros(x2.shape[0])
+
+    def _untransform(self, z2: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
+        return z2 - params, z2.new_zeros(z2.shape[0])
+
+

@@ -1,0 +1,190 @@
+"""Saving and loading flows: safetensors weights plus a JSON config, never pickle."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from realnvp import __version__
+from realnvp.flow import ARCHITECTURES, Flow
+
+__all__ = ["MODEL_FILE", "ModelFileError", "atomic_write_bytes", "load", "resolve_model_path", "save"]
+
+MODEL_FILE = "model.safetensors"
+FORMAT = "realnvp-flow"
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "float16": torch.float16,
+           "bfloat16": torch.bfloat16}
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, unreadable, corrupt, foreign or does not match its config."""
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file, flush, fsync, rename.
+
+    A crash at any moment leaves either the old file or the new one, never a mix.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def to_bytes(flow: Flow, extra: dict[str, Any] | None = None) -> bytes:
+    """Serialise ``flow`` (weights, buffers, config) to safetensors bytes."""
+    if flow.spec is None or flow.spec.get("architecture") not in ARCHITECTURES:
+        raise ValueError(
+            "Expected a flow built by a registered architecture (e.g. realnvp.RealNVP); "
+            "got a hand-assembled Flow, which cannot be rebuilt from a config"
+        )
+    state = {k: v.detach().cpu().contiguous() for k, v in flow.state_dict().items()}
+    dtype = next((str(v.dtype).removeprefix("torch.") for v in state.values()
+                  if v.is_floating_point()), "float32")
+    config = {"format": FORMAT, "realnvp_version": __version__, "dtype": dtype, **flow.spec}
+    metadata = {"realnvp": json.dumps(config)}
+    if extra:
+        metadata["extra"] = json.dumps(extra)
+    return st_save(state, metadata=metadata)
+
+
+def save(flow: Flow, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+    """Save ``flow`` to one safetensors file, atomically; returns the path written.
+
+    ``path`` may be a file (``.safetensors`` is appended when it has no suffix) or an
+    existing folder (then ``model.safetensors`` inside it). The JSON config that rebuilds
+    the flow, and the realnvp version, are stored in the file's header.
+
+    Example:
+        >>> import tempfile, realnvp
+        >>> folder = tempfile.mkdtemp()
+        >>> p = realnvp.save(realnvp.RealNVP(dim=2), folder + "/model")
+        >>> realnvp.load(p).dim
+        2
+    """
+    target = Path(path)
+    if target.is_dir():
+        target = target / MODEL_FILE
+    elif target.suffix == "":
+        target = target.with_suffix(".safetensors")
+    if not target.parent.is_dir():
+        raise ModelFileError(f"{target.parent}: folder does not exist")
+    atomic_write_bytes(target, to_bytes(flow, extra))
+    return target
+
+
+def resolve_model_path(path: str | os.PathLike[str]) -> Path:
+    """The model file behind ``path``: a file, ``path.safetensors``, or a run folder's model."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / MODEL_FILE
+    elif not p.exists() and p.suffix == "" and p.with_suffix(".safetensors").exists():
+        p = p.with_suffix(".safetensors")
+    if not p.exists():
+        raise ModelFileError(f"{p}: no such model file")
+    if not p.is_file():
+        raise ModelFileError(f"{p}: not a regular file")
+    return p
+
+
+def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Flow:
+    """Load a flow saved by :func:`save` (a file, or a run folder written by ``realnvp train``).
+
+    Only safetensors files are read: a pickle or ``torch.save`` file is refused, and no
+    code from the file ever runs. Any problem raises :class:`ModelFileError` naming the file.
+    """
+    flow, _ = load_with_extra(path, map_location)
+    return flow
+
+
+def load_with_extra(
+    path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+) -> tuple[Flow, dict[str, Any]]:
+    """Like :func:`load`, also returning the ``extra`` metadata saved with the flow."""
+    p = resolve_model_path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise ModelFileError(f"{p}: cannot read ({e.strerror or e})") from None
+    flow, extra = from_bytes(data, str(p))
+    return flow.to(map_location), extra
+
+
+def from_bytes(data: bytes, name: str = "<bytes>") -> tuple[Flow, dict[str, Any]]:
+    """Rebuild a flow from bytes written by :func:`to_bytes`."""
+    if not data:
+        raise ModelFileError(f"{name}: empty file, not a realnvp model")
+    if data[:1] == b"\x80" or data[:2] == b"PK":
+        raise ModelFileError(
+            f"{name}: looks like a pickle or torch.save file; realnvp only loads safetensors "
+            "files and never unpickles (pickles can run code)"
+        )
+    try:
+        state = st_load(data)
+        header_len = int.from_bytes(data[:8], "little")
+        header = json.loads(data[8 : 8 + header_len])
+        metadata = header.get("__metadata__") or {}
+    except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as e:
+        raise ModelFileError(f"{name}: not a valid safetensors file ({_first_line(e)})") from None
+    if "realnvp" not in metadata:
+        raise ModelFileError(f"{name}: a safetensors file, but not a realnvp model (no config)")
+    try:
+        config = json.loads(metadata["realnvp"])
+        extra = json.loads(metadata.get("extra", "{}"))
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"{name}: corrupt config ({e})") from None
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise ModelFileError(f"{name}: not a realnvp model (format {config.get('format')!r})")
+    arch, kwargs = config.get("architecture"), config.get("kwargs")
+    if arch not in ARCHITECTURES or not isinstance(kwargs, dict):
+        raise ModelFileError(f"{name}: unknown architecture {arch!r}")
+    try:
+        flow = ARCHITECTURES[arch](**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ModelFileError(f"{name}: config does not build a flow ({e})") from None
+    flow = flow.to(_DTYPES.get(config.get("dtype", "float32"), torch.float32))
+    try:
+        flow.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ModelFileError(
+            f"{name}: weights do not match the config ({_first_line(e, 300)})"
+        ) from None
+    for key, value in flow.state_dict().items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ModelFileError(f"{name}: non-finite values in {key}")
+    flow.eval()
+    return flow, extra if isinstance(extra, dict) else {}
+
+
+def _first_line(e: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(e).split())
+    return text[:limit] + ("..." if len(text) > limit else "")
