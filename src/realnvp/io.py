@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 from safetensors import SafetensorError
@@ -16,7 +18,7 @@ from safetensors.torch import save as st_save
 from realnvp import __version__
 from realnvp.flow import ARCHITECTURES, Flow
 
-__all__ = ["MODEL_FILE", "ModelFileError", "atomic_write_bytes", "load", "resolve_model_path", "save"]
+__all__ = ["MODEL_FILE", "ModelFileError", "atomic_open", "atomic_write_bytes", "load", "resolve_model_path", "save"]
 
 MODEL_FILE = "model.safetensors"
 FORMAT = "realnvp-flow"
@@ -33,11 +35,30 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
     A crash at any moment leaves either the old file or the new one, never a mix.
     """
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path``; on success fsync and rename it to ``path``.
+
+    On any error (or Ctrl-C) the temporary file is removed and ``path`` is left as it was,
+    so a reader never sees a half-written file.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "out.txt"
+        >>> with atomic_open(target) as f:
+        ...     _ = f.write("hello")
+        >>> target.read_text()
+        'hello'
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -58,8 +58,9 @@ class BatchNorm(Bijection):
 
     Example:
         >>> layer = BatchNorm(2).eval()
-        >>> layer(torch.zeros(1, 2))[1]
-        tensor([0.])
+        >>> z, log_det = layer(torch.zeros(3, 2))
+        >>> z.shape, log_det.shape
+        (torch.Size([3, 2]), torch.Size([3]))
     """
 
     def __init__(self, dim: int, momentum: float = 0.05, eps: float = 1e-5) -> None:
