@@ -7,18 +7,29 @@ Example:
     torch.Size([1])
 """
 
+import os as _os
+
+# A busy-waiting OpenMP runtime collapses 2-thread torch when another process holds a core
+# (measured ~3x slower training here); passive waiting costs nothing when the machine is idle.
+# Only a default: set OMP_WAIT_POLICY yourself to override, before importing torch.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 
 from realnvp.flow import ARCHITECTURES, Flow, RealNVP, architecture  # noqa: E402
 from realnvp.io import ModelFileError, load, save  # noqa: E402
+from realnvp.training import History, TrainConfig, fit  # noqa: E402
 
 __all__ = [
     "ARCHITECTURES",
     "Flow",
+    "History",
     "ModelFileError",
     "RealNVP",
+    "TrainConfig",
     "__version__",
     "architecture",
+    "fit",
     "load",
     "save",
 ]

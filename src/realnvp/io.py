@@ -127,7 +127,10 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
     """The model file behind ``path``: a file, ``path.safetensors``, or a run folder's model."""
     p = Path(path)
     if p.is_dir():
-        p = p / MODEL_FILE
+        folder = p
+        p = folder / MODEL_FILE
+        if not p.exists() and (folder / "checkpoint.safetensors").is_file():
+            p = folder / "checkpoint.safetensors"  # an unfinished run: its latest checkpoint
     elif not p.exists() and p.suffix == "" and p.with_suffix(".safetensors").exists():
         p = p.with_suffix(".safetensors")
     if not p.exists():
@@ -176,6 +179,8 @@ def from_bytes(data: bytes, name: str = "<bytes>") -> tuple[Flow, dict[str, Any]
         metadata = header.get("__metadata__") or {}
     except (SafetensorError, ValueError, UnicodeDecodeError, OverflowError) as e:
         raise ModelFileError(f"{name}: not a valid safetensors file ({_first_line(e)})") from None
+    if "checkpoint" in metadata:  # a training checkpoint: its model's weights
+        state = {k[6:]: v for k, v in state.items() if k.startswith("model.")}
     if "realnvp" not in metadata:
         raise ModelFileError(f"{name}: a safetensors file, but not a realnvp model (no config)")
     try:

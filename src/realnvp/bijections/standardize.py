@@ -32,11 +32,14 @@ class Standardize(Bijection):
             raise ValueError("Expected a positive scale for every feature")
         self.register_buffer("loc", loc)
         self.register_buffer("scale", scale)
+        self.register_buffer("initialized", torch.tensor(True))
 
     @classmethod
     def identity(cls, dim: int) -> Standardize:
-        """The identity map on ``dim`` features (set it later with :meth:`fit`)."""
-        return cls(torch.zeros(dim), torch.ones(dim))
+        """The identity map on ``dim`` features, marked not initialised (see :meth:`fit`)."""
+        layer = cls(torch.zeros(dim), torch.ones(dim))
+        layer.initialized.fill_(False)
+        return layer
 
     @torch.no_grad()
     def fit(self, x: Tensor) -> Standardize:
@@ -45,6 +48,7 @@ class Standardize(Bijection):
         scale = x.std(0) if x.shape[0] > 1 else torch.ones_like(self.scale)
         self.loc.copy_(x.mean(0))
         self.scale.copy_(torch.where(scale > 0, scale, torch.ones_like(scale)))
+        self.initialized.fill_(True)
         return self
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,128 @@
+"""Training configuration: every field documented, presets for good recipes."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PRESETS", "TrainConfig"]
+
+
+def _doc(default: Any, help: str, **kwargs: Any) -> Any:
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; each field's ``help`` becomes ``--help`` text.
+
+    Example:
+        >>> TrainConfig(steps=100).steps
+        100
+    """
+
+    # Model
+    layers: int = _doc(8, "Number of coupling layers.")
+    hidden: tuple[int, ...] = _doc((64, 64), "Hidden sizes of each coupling's network.")
+    coupling: str = _doc("affine", "Coupling type: affine (RealNVP), additive (NICE) or spline.")
+    activation: str = _doc("relu", "Activation of the coupling networks.")
+    scale_bound: float = _doc(3.0, "Bound c on each log-scale: s = c*tanh(s/c).")
+    permutation: str = _doc("none", "Between couplings: none, reverse, random or lu.")
+    actnorm: bool = _doc(False, "Put an ActNorm layer before each coupling.")
+    # Optimisation
+    steps: int = _doc(3000, "Number of optimisation steps (upper bound with early stopping).")
+    batch_size: int = _doc(512, "Rows per step.")
+    lr: float = _doc(2e-3, "Peak learning rate of Adam.")
+    weight_decay: float = _doc(0.0, "Adam weight decay.")
+    warmup: int = _doc(100, "Linear warm-up steps before the cosine decay.")
+    min_lr_ratio: float = _doc(0.01, "Final learning rate as a fraction of the peak.")
+    clip_grad: float = _doc(10.0, "Clip the gradient norm to this value (0 disables).")
+    # Validation
+    val_fraction: float = _doc(0.1, "Fraction of the data held out for validation.")
+    eval_every: int = _doc(100, "Validate every this many steps.")
+    patience: int = _doc(0, "Stop after this many validations without improvement (0: never).")
+    # Run
+    seed: int = _doc(0, "Random seed (data split, initialisation, batches).")
+    device: str = _doc("auto", "Device: cpu, cuda, mps or auto.")
+    n_train: int = _doc(20000, "Rows drawn from a toy data set (ignored for files).")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON/TOML-ready dict (tuples become lists)."""
+        out = dataclasses.asdict(self)
+        out["hidden"] = list(self.hidden)
+        return out
+
+    @classmethod
+    def fields_help(cls) -> dict[str, str]:
+        """Field name -> help text."""
+        return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build a config from a dict, rejecting unknown keys and wrong types clearly."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ValueError(f"{source}: unknown option(s) {', '.join(unknown)}; "
+                             f"expected some of: {', '.join(known)}")
+        clean: dict[str, Any] = {}
+        for name, value in values.items():
+            default = known[name].default
+            clean[name] = _coerce(name, value, default, source)
+        return dataclasses.replace(cls(), **clean)
+
+    def validate(self) -> TrainConfig:
+        """Raise ``ValueError`` naming the first invalid field."""
+        positive = ("layers", "steps", "batch_size", "eval_every", "n_train")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"Expected {name} >= 1; got {getattr(self, name)}")
+        if not self.hidden or any(h < 1 for h in self.hidden):
+            raise ValueError(f"Expected positive hidden sizes; got {list(self.hidden)}")
+        if not self.lr > 0:
+            raise ValueError(f"Expected lr > 0; got {self.lr}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"Expected 0 <= val_fraction < 1; got {self.val_fraction}")
+        if self.warmup < 0 or self.patience < 0 or self.clip_grad < 0:
+            raise ValueError("Expected warmup, patience and clip_grad >= 0")
+        if not self.scale_bound > 0:
+            raise ValueError(f"Expected scale_bound > 0; got {self.scale_bound}")
+        if self.device not in ("auto", "cpu", "cuda", "mps") and not self.device.startswith(
+            "cuda:"
+        ):
+            raise ValueError(f"Unknown device {self.device!r}; expected cpu, cuda, mps or auto")
+        return self
+
+
+def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = [v for v in value.replace("x", ",").split(",") if v.strip()]
+            return tuple(int(v) for v in value)
+        if isinstance(default, int):
+            if isinstance(value, bool) or float(value) != int(value):
+                raise TypeError
+            return int(value)
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        kind = type(default).__name__
+        raise ValueError(f"{source}: option {name} expects {kind}; got {value!r}") from None
+
+
+# Recipes chosen by measurement (benchmarks/quality.py; figures in benchmarks/README.md).
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"steps": 1500, "batch_size": 512, "lr": 3e-3},
+    "default": {},
+    "accurate": {"steps": 20000, "batch_size": 1024, "layers": 10, "hidden": (128, 128),
+                 "lr": 1e-3, "n_train": 100000},
+}

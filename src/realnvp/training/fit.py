@@ -1,0 +1,374 @@
+"""The training loop as a library function: ``fit(flow, data) -> History``."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from realnvp._validation import as_float_tensor
+from realnvp.bijections import ActNorm
+from realnvp.flow import Flow
+
+__all__ = ["History", "NonFiniteLossError", "fit", "mean_nll", "resolve_device"]
+
+Callback = Callable[[int, Flow], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training met too many non-finite losses in a row to continue."""
+
+
+@dataclass
+class History:
+    """What happened during :func:`fit`: one record per validation, plus the outcome.
+
+    Each record holds ``step``, ``train_nll`` (mean over the steps since the previous
+    record), ``val_nll`` (NaN without a validation set), ``lr`` and ``seconds``.
+    """
+
+    records: list[dict[str, float]] = field(default_factory=list)
+    best_step: int = 0
+    best_val_nll: float = math.inf
+    stopped: str = ""
+    skipped_steps: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def final_val_nll(self) -> float:
+        return self.best_val_nll
+
+    def to_frame(self) -> Any:
+        """The records as a pandas DataFrame."""
+        import pandas as pd
+
+        columns = ["step", "train_nll", "val_nll", "lr", "seconds"]
+        return pd.DataFrame(self.records, columns=columns)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "records": self.records, "best_step": self.best_step,
+            "best_val_nll": self.best_val_nll, "stopped": self.stopped,
+            "skipped_steps": self.skipped_steps, "seconds": self.seconds,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> History:
+        return cls(**state)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; a named device must exist."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"Unknown device {device!r}; expected cpu, cuda, mps or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"Device {device!r} requested, but CUDA is not available here")
+    if dev.type == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ValueError(f"Device {device!r} requested, but MPS is not available here")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"Unknown device {device!r}; expected cpu, cuda, mps or auto")
+    return dev
+
+
+def mean_nll(flow: Flow, x: Tensor, chunk: int = 65536) -> float:
+    """Mean negative log-likelihood of the rows of ``x`` (evaluated in chunks, no grad)."""
+    total = 0.0
+    with torch.inference_mode():
+        for start in range(0, x.shape[0], chunk):
+            xb = x[start : start + chunk]
+            z, log_det = flow.bijection(xb)
+            total -= float((flow.base.log_prob(z) + log_det).sum())
+    return total / x.shape[0]
+
+
+def split(
+    data: Tensor, val_fraction: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor | None]:
+    """Random train/validation split of the rows (no validation below 10 rows)."""
+    n = data.shape[0]
+    n_val = int(round(n * val_fraction))
+    if n < 10 or n_val < 1:
+        return data, None
+    order = torch.randperm(n, generator=generator)
+    return data[order[n_val:]], data[order[:n_val]]
+
+
+def check_not_constant(x: Tensor, columns: Sequence[str] | None = None) -> None:
+    """Refuse constant columns: a density over them is degenerate (a point mass)."""
+    if x.shape[0] < 2:
+        raise ValueError(f"Expected at least 2 rows to fit a density; got {x.shape[0]} sample")
+    spread = x.max(0).values - x.min(0).values
+    constant = (spread == 0).nonzero().reshape(-1).tolist()
+    if constant:
+        j = constant[0]
+        name = repr(columns[j]) if columns else str(j)
+        raise ValueError(
+            f"Column {name} is constant (every value is {float(x[0, j]):g}): its density is a "
+            "point mass, which no continuous model can fit; drop the column"
+        )
+
+
+def _lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def _make_optimizer(flow: Flow, lr: float, weight_decay: float, device: torch.device) -> Any:
+    params = [p for p in flow.parameters() if p.requires_grad]
+    try:
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+
+
+class _Batches:
+    """Shuffled epochs of row indices from a seeded generator (state can be saved)."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
+        self.n, self.batch_size, self.generator = n, min(batch_size, n), generator
+        self.order = torch.randperm(n, generator=generator)
+        self.pos = 0
+
+    def next(self) -> Tensor:
+        if self.pos + self.batch_size > self.n:
+            self.order = torch.randperm(self.n, generator=self.generator)
+            self.pos = 0
+        idx = self.order[self.pos : self.pos + self.batch_size]
+        self.pos += self.batch_size
+        return idx
+
+
+def fit(
+    flow: Flow,
+    data: Any,
+    *,
+    val_data: Any = None,
+    steps: int = 3000,
+    batch_size: int = 512,
+    lr: float = 2e-3,
+    weight_decay: float = 0.0,
+    warmup: int = 100,
+    min_lr_ratio: float = 0.01,
+    clip_grad: float = 10.0,
+    val_fraction: float = 0.1,
+    eval_every: int = 100,
+    patience: int = 0,
+    seed: int = 0,
+    device: str | torch.device | None = "cpu",
+    progress: bool | None = None,
+    callbacks: Sequence[Callback] = (),
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int = 500,
+    resume: bool = False,
+    max_bad_steps: int = 20,
+    columns: Sequence[str] | None = None,
+) -> History:
+    r"""Fit ``flow`` to the rows of ``data`` by maximum likelihood; returns the :class:`History`.
+
+    Minimises the mean negative log-likelihood :math:`-\frac1B\sum_i \log p(x_i)` with Adam,
+    a linear warm-up then cosine decay of the learning rate, gradient-norm clipping and a
+    guard that skips any step whose loss or gradient is not finite (and stops after
+    ``max_bad_steps`` in a row). A ``val_fraction`` of the rows (or ``val_data``) is held out;
+    the weights with the best validation NLL are restored at the end, and ``patience``
+    validations without improvement stop early. The flow's :class:`Standardize` layer is set
+    from the training rows first, so ``log_prob`` stays in the data's units. Deterministic
+    for a given ``seed`` on the CPU; with ``checkpoint_dir`` a resumable checkpoint is
+    written atomically every ``checkpoint_every`` steps and at the end.
+
+    Example:
+        >>> import torch, realnvp
+        >>> flow = realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,))
+        >>> history = realnvp.fit(flow, torch.randn(200, 2), steps=20, progress=False)
+        >>> len(history.records) > 0
+        True
+    """
+    from realnvp.training import checkpoint as ckpt
+
+    if isinstance(steps, bool) or int(steps) != steps or steps < 1:
+        raise ValueError(f"Expected steps >= 1; got {steps}")
+    if batch_size < 1:
+        raise ValueError(f"Expected batch_size >= 1; got {batch_size}")
+    dev = resolve_device(device)
+    dtype = flow.base._anchor.dtype
+    x = as_float_tensor(data, flow.dim).to(dtype)
+    generator = torch.Generator().manual_seed(int(seed))
+    if val_data is not None:
+        train, val = x, as_float_tensor(val_data, flow.dim, "validation data").to(dtype)
+    else:
+        train, val = split(x, val_fraction, generator)
+    check_not_constant(train, columns)
+    flow.to(dev)
+    train, val = train.to(dev), (val.to(dev) if val is not None else None)
+
+    optimizer = _make_optimizer(flow, lr, weight_decay, dev)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(warmup, steps, min_lr_ratio)
+    )
+    batches = _Batches(train.shape[0], batch_size, generator)
+    history = History()
+    best_state: dict[str, Tensor] | None = None
+    start_step = 0
+    if resume and checkpoint_dir is not None:
+        restored = ckpt.load_checkpoint(checkpoint_dir, flow, optimizer, scheduler)
+        start_step, history, best_state = restored.step, restored.history, restored.best_state
+        generator.set_state(restored.generator_state)
+        batches.order, batches.pos = restored.batch_order.to(torch.long), restored.batch_pos
+    else:
+        _initialize(flow, train)
+    val_eval = val[:20000] if val is not None else None
+
+    bar = _progress_bar(steps, start_step, progress)
+    flow.train()
+    t0 = time.perf_counter() - history.seconds
+    running, count, bad_in_row = 0.0, 0, 0
+    step = start_step
+    try:
+        for step in range(start_step + 1, steps + 1):
+            xb = train.index_select(0, batches.next().to(dev))
+            loss = _loss(flow, xb)
+            if not torch.isfinite(loss):
+                bad_in_row = _skip(history, step, bar, f"non-finite loss ({float(loss)})",
+                                   bad_in_row, max_bad_steps, optimizer)
+                scheduler.step()
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_grad > 0:
+                norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), clip_grad)
+                if not torch.isfinite(norm):
+                    bad_in_row = _skip(history, step, bar, "non-finite gradient", bad_in_row,
+                                       max_bad_steps, optimizer)
+                    scheduler.step()
+                    continue
+            optimizer.step()
+            scheduler.step()
+            bad_in_row = 0
+            running += float(loss.detach())
+            count += 1
+            for callback in callbacks:
+                callback(step, flow)
+            if step % eval_every == 0 or step == steps:
+                best_state, stop = _evaluate(flow, val_eval, history, step, running / max(count, 1),
+                                             scheduler, t0, best_state, patience, bar)
+                running, count = 0.0, 0
+                if checkpoint_dir is not None and (step % checkpoint_every == 0 or stop):
+                    ckpt.save_checkpoint(checkpoint_dir, flow, optimizer, scheduler, generator,
+                                         batches, step, history, best_state)
+                if stop:
+                    history.stopped = f"early stopping at step {step}"
+                    break
+            if bar is not None:
+                bar.update(1)
+    except KeyboardInterrupt:
+        history.stopped = f"interrupted at step {step}"
+        if checkpoint_dir is not None:
+            ckpt.save_checkpoint(checkpoint_dir, flow, optimizer, scheduler, generator, batches,
+                                 step - 1, history, best_state)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    history.seconds = time.perf_counter() - t0
+    if not history.stopped:
+        history.stopped = f"completed {steps} steps"
+    if best_state is not None:
+        flow.load_state_dict(best_state)
+    elif val is None:
+        history.best_step, history.best_val_nll = step, math.nan
+    if checkpoint_dir is not None:
+        ckpt.save_checkpoint(checkpoint_dir, flow, optimizer, scheduler, generator, batches,
+                             steps if history.stopped.startswith("completed") else step,
+                             history, best_state)
+    flow.eval()
+    return history
+
+
+def _initialize(flow: Flow, train: Tensor) -> None:
+    """Set the standardisation from the training rows and run data-dependent inits."""
+    if flow.standardize is not None and not bool(flow.standardize.initialized):
+        flow.standardize.fit(train)
+    if any(isinstance(m, ActNorm) for m in flow.modules()):
+        flow.train()
+        with torch.no_grad():
+            flow.bijection(train[:4096])
+
+
+def _loss(flow: Flow, xb: Tensor) -> Tensor:
+    z, log_det = flow.bijection(xb)
+    return -(flow.base.log_prob(z) + log_det).mean()
+
+
+def _skip(history: History, step: int, bar: Any, why: str, bad_in_row: int, limit: int,
+          optimizer: Any) -> int:
+    history.skipped_steps.append(step)
+    optimizer.zero_grad(set_to_none=True)
+    message = f"step {step}: {why}; step skipped"
+    if bar is not None:
+        bar.write(message)
+    else:
+        print(message, file=sys.stderr)
+    if bad_in_row + 1 >= limit:
+        raise NonFiniteLossError(
+            f"step {step}: {limit} non-finite steps in a row; stopping. Try a lower --lr or "
+            "check the data for extreme values"
+        )
+    return bad_in_row + 1
+
+
+def _evaluate(
+    flow: Flow, val: Tensor | None, history: History, step: int, train_nll: float,
+    scheduler: Any, t0: float, best_state: dict[str, Tensor] | None, patience: int, bar: Any,
+) -> tuple[dict[str, Tensor] | None, bool]:
+    stop = False
+    val_nll = math.nan
+    if val is not None:
+        flow.eval()
+        val_nll = mean_nll(flow, val)
+        flow.train()
+        if math.isfinite(val_nll) and val_nll < history.best_val_nll:
+            history.best_val_nll, history.best_step = val_nll, step
+            best_state = {k: v.detach().clone() for k, v in flow.state_dict().items()}
+        elif patience and 1 + sum(r["step"] > history.best_step for r in history.records) >= patience:
+            stop = True
+    history.records.append({
+        "step": step, "train_nll": train_nll, "val_nll": val_nll,
+        "lr": scheduler.get_last_lr()[0], "seconds": time.perf_counter() - t0,
+    })
+    if bar is not None:
+        bar.set_postfix(nll=f"{train_nll:.3f}", val=f"{val_nll:.3f}", refresh=False)
+    return best_state, stop
+
+
+def _progress_bar(total: int, initial: int, progress: bool | None) -> Any:
+    if progress is None:
+        progress = sys.stderr.isatty()
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", mininterval=0.5,
+                dynamic_ncols=True)
+
+
