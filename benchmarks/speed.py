@@ -31,7 +31,6 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
-import importlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import re  # noqa: E402
@@ -80,10 +79,12 @@ class Settings:
 
 
 QUICK = Settings(rounds=5, block_s=0.25, scaling_rounds=3, scaling_block_s=0.15,
-                 scaling_all=False, import_repeats=3)
+                 scaling_all=False, import_repeats=2)
 FULL = Settings()
 
 TRAIN_BATCHES = (512, 4096)
+FIT = "realnvp.fit"
+"""Row name of ``realnvp.fit`` timed end to end, next to the per-step comparison."""
 SCALING_DIMS = (2, 8, 32, 64)
 SCALING_BATCHES = (128, 512, 4096)
 
@@ -153,6 +154,25 @@ def train_task(model: Model, dim: int, batch: int, label: str) -> Task:
     return Task(label, run)
 
 
+def fit_task(dim: int, batch: int) -> Task | None:
+    """``realnvp.fit`` end to end for k steps (its defaults: clipping, schedule, checks)."""
+    try:
+        import realnvp
+    except ImportError:
+        return None
+    if not hasattr(realnvp, "fit"):
+        return None
+    data = torch.cat(data_pool(dim, 4096, n_batches=5, seed=2))
+    flow = realnvp.RealNVP(dim, n_layers=8, hidden=(64, 64))
+
+    def run(k: int) -> int:
+        realnvp.fit(flow, data, steps=k, batch_size=batch, lr=1e-3, val_fraction=0.0,
+                    eval_every=k, warmup=0, progress=False)
+        return k
+
+    return Task(FIT, run)
+
+
 def log_prob_task(model: Model, dim: int, n: int) -> Task:
     x = data_pool(dim, n, n_batches=1, seed=1)[0]
 
@@ -192,8 +212,30 @@ def peak_gflops(threads: int, size: int = 2048, repeats: int = 7) -> float:
 
 # --- subprocess: import time and peak memory ---------------------------------------------
 
-_MODULES = {"realnvp": "realnvp", "zuko": "zuko", "nflows": "nflows", "normflows": "normflows",
-            "plain": "torch", "torch": "torch"}
+_IMPORTS = {
+    "torch": "import torch",
+    "realnvp": "import realnvp",
+    "zuko": "import zuko",
+    "nflows": "import nflows.flows, nflows.transforms, nflows.distributions",
+    "normflows": "import normflows",
+    "plain": "import torch",
+}
+"""What a user of each library imports; ``torch`` alone is the baseline."""
+
+# Runs in a fresh interpreter: the import is timed before anything else is loaded.
+_CHILD = """
+import json, sys, time
+start = time.perf_counter()
+{statement}
+elapsed = time.perf_counter() - start
+sys.path.insert(0, {root!r})
+from benchmarks.speed import child_memory
+print(json.dumps({{"import_s": elapsed, **child_memory({library!r}, {memory}, {dim}, {batch})}}))
+"""
+
+# Large blocks are mmapped and returned to the system at once, so the resident set
+# follows live tensors instead of glibc's retained heap.
+_CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def _status_kib(field: str) -> int | None:
@@ -220,16 +262,13 @@ def _peak_during(work: Callable[[], None]) -> float | None:
     return None if before is None or peak is None else (peak - before) / 1024
 
 
-def child(library: str, memory: bool, dim: int, train_batch: int, eval_batch: int) -> dict:
-    """Run in a fresh interpreter: time the import, then (``memory``) peak memory."""
-    start = time.perf_counter()
-    importlib.import_module(_MODULES[library])
-    result: dict = {"import_s": time.perf_counter() - start}
+def child_memory(library: str, memory: bool, dim: int, eval_batch: int) -> dict:
+    """Peak RSS growth of 5 training steps (batch 4096, Adam state created) and one log_prob."""
     if not memory or library == "torch":
-        return result
+        return {}
     model = build(library, dim)
-    x = data_pool(dim, train_batch, n_batches=1)[0]
-    model.train_step(x)  # optimiser state exists before the measurement
+    x = data_pool(dim, TRAIN_BATCHES[-1], n_batches=1)[0]
+    points = data_pool(dim, eval_batch, n_batches=1, seed=1)[0]
 
     def train() -> None:
         for _ in range(5):
@@ -237,37 +276,37 @@ def child(library: str, memory: bool, dim: int, train_batch: int, eval_batch: in
 
     def score() -> None:
         with torch.inference_mode():
-            model.log_prob(data_pool(dim, eval_batch, n_batches=1, seed=1)[0])
+            model.log_prob(points)
 
-    result["train_peak_mib"] = _peak_during(train)
-    result["log_prob_peak_mib"] = _peak_during(score)
-    result["rss_mib"] = (_status_kib("VmRSS") or 0) / 1024
-    return result
+    return {"train_peak_mib": _peak_during(train), "log_prob_peak_mib": _peak_during(score),
+            "rss_mib": (_status_kib("VmRSS") or 0) / 1024}
+
+
+def _run_child(library: str, memory: bool, dim: int, eval_batch: int) -> dict:
+    code = _CHILD.format(statement=_IMPORTS[library], root=str(ROOT), library=library,
+                         memory=memory, dim=dim, batch=eval_batch)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False, env={**os.environ, **_CHILD_ENV})
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def subprocess_measurements(libraries: Sequence[str], repeats: int, dim: int, eval_batch: int,
                             ) -> dict[str, dict]:
-    """Import time (median over fresh interpreters) and peak memory, interleaved by library."""
+    """Import time (median over fresh interpreters) and peak memory (first run), interleaved."""
     runs: dict[str, list[dict]] = {lib: [] for lib in ["torch", *libraries]}
     for r in range(repeats):
         for lib in runs:
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", lib,
-                   "--dim", str(dim), "--eval-batch", str(eval_batch)]
-            if r == 0:
-                cmd.append("--child-memory")
-            out = subprocess.run(cmd, capture_output=True, text=True, check=False,
-                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
-            if out.returncode != 0:
-                runs[lib].append({"error": out.stderr.strip().splitlines()[-1:]})
-                continue
-            runs[lib].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs[lib].append(_run_child(lib, r == 0, dim, eval_batch))
     result: dict[str, dict] = {}
     for lib, items in runs.items():
         ok = [i for i in items if "import_s" in i]
         if not ok:
             result[lib] = {"error": items[0].get("error")}
             continue
-        result[lib] = {"import_s": summary([i["import_s"] for i in ok])}
+        result[lib] = {"import_s": summary([i["import_s"] for i in ok]),
+                       "import_statement": _IMPORTS[lib]}
         result[lib].update({k: v for k, v in ok[0].items() if k != "import_s"})
     return result
 
@@ -324,6 +363,8 @@ def compare(rates: dict[str, list[float]]) -> dict:
         out["ratio_per_round"] = summary(per_round)
     if "realnvp" in libs and "plain" in libs:
         out["ratio_vs_plain"] = libs["realnvp"]["median"] / libs["plain"]["median"]
+    if FIT in libs and best is not None:
+        out["fit_ratio_vs_fastest_peer"] = libs[FIT]["median"] / libs[best]["median"]
     return out
 
 
@@ -332,6 +373,8 @@ def main_table(models: dict[str, Model], dim: int, s: Settings) -> dict:
     table: dict = {}
     for batch in TRAIN_BATCHES:
         tasks = [train_task(m, dim, batch, m.name) for m in models.values()]
+        fit = fit_task(dim, batch) if "realnvp" in models else None
+        tasks += [fit] if fit is not None else []
         table[f"train_b{batch}"] = compare(interleaved(tasks, s.rounds, s.block_s))
         _progress(f"train batch {batch}", table[f"train_b{batch}"])
     tasks = [log_prob_task(m, dim, s.eval_batch) for m in models.values()]
@@ -427,26 +470,41 @@ def print_report(result: dict) -> None:
         print(f"  {lib:10s} skipped: {why}")
     units = {"train_b512": "steps/s", "train_b4096": "steps/s", "log_prob": "points/s",
              "sample": "points/s"}
-    libs = list(result["models"])
-    print(f"\nThroughput: median [IQR] over {result['settings']['rounds']} interleaved rounds;"
-          " ratio = realnvp / fastest peer (per-round range)")
-    header = f"  {'measure':12s}" + "".join(f"{lib:>22s}" for lib in libs)
-    print(header + f"{'vs peer':>22s}{'vs plain':>10s}{'target':>8s}")
-    for key, entry in result["throughput"].items():
-        row = f"  {key:12s}"
-        for lib in libs:
-            s = entry["libraries"][lib]
-            row += f"{_fmt(s['median']):>10s} [{_fmt(s['q1'])}-{_fmt(s['q3'])}]".rjust(22)
-        ratio = entry.get("ratio_vs_fastest_peer")
-        if ratio is not None:
-            pr = entry["ratio_per_round"]
-            row += f"{ratio:.2f}x {entry['fastest_peer']} ({pr['q1']:.2f}-{pr['q3']:.2f})".rjust(22)
-        plain = entry.get("ratio_vs_plain")
-        row += f"{plain:.2f}x".rjust(10) if plain else " " * 10
-        target = TARGETS["train" if key.startswith("train") else key]
-        if ratio is not None:
-            row += f"{'>=' + str(target) + 'x':>8s}" + ("  met" if ratio >= target else "  MISSED")
-        print(row + f"  ({units[key]})")
+    table = result["throughput"]
+    keys = list(table)
+    print(f"\nThroughput: median [interquartile range] over {result['settings']['rounds']} "
+          "interleaved rounds")
+    print(f"  {'':24s}" + "".join(f"{k:>24s}" for k in keys))
+    print(f"  {'':24s}" + "".join(f"{units[k]:>24s}" for k in keys))
+    for lib in [*result["models"], FIT]:
+        cells = [table[k]["libraries"].get(lib) for k in keys]
+        if not any(cells):
+            continue
+        print(f"  {lib:24s}" + "".join(
+            (f"{_fmt(c['median'])} [{_fmt(c['q1'])}-{_fmt(c['q3'])}]" if c else "-").rjust(24)
+            for c in cells))
+    rows = {
+        "realnvp / fastest peer":
+            lambda e: f"{e['ratio_vs_fastest_peer']:.2f}x {e['fastest_peer']}",
+        "  per-round IQR": lambda e: "{q1:.2f}-{q3:.2f}".format(**e["ratio_per_round"]),
+        "realnvp / plain PyTorch": lambda e: f"{e['ratio_vs_plain']:.2f}x",
+        f"{FIT} / fastest peer": lambda e: f"{e['fit_ratio_vs_fastest_peer']:.2f}x",
+    }
+    for label, cell in rows.items():
+        texts = []
+        for k in keys:
+            try:
+                texts.append(cell(table[k]))
+            except KeyError:
+                texts.append("-")
+        print(f"  {label:24s}" + "".join(f"{t:>24s}" for t in texts))
+    verdicts = []
+    for k in keys:
+        target = TARGETS["train" if k.startswith("train") else k]
+        ratio = table[k].get("ratio_vs_fastest_peer")
+        verdict = "-" if ratio is None else ("met" if ratio >= target else "missed")
+        verdicts.append(f">= {target:.0f}x: {verdict}")
+    print(f"  {'target vs fastest peer':24s}" + "".join(f"{v:>24s}" for v in verdicts))
     print(f"\nMachine peak (float32 2048x2048 matmul, {m['torch_threads']} threads): "
           f"{result['peak_gflops']:.1f} GFLOP/s; 1 thread: {result['peak_gflops_1thread']:.1f}")
     print("Achieved matmul GFLOP/s (fraction of peak):")
@@ -499,8 +557,6 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-scaling", action="store_true", help="skip the dimension x batch grid")
     p.add_argument("--no-subprocess", action="store_true",
                    help="skip import time and peak memory")
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -516,10 +572,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse(argv)
-    if args.child:
-        batch = args.eval_batch or FULL.eval_batch
-        print(json.dumps(child(args.child, args.child_memory, args.dim, TRAIN_BATCHES[-1], batch)))
-        return {}
     if args.threads:
         torch.set_num_threads(args.threads)
     s = settings_from(args)

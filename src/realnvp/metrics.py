@@ -1,4 +1,4 @@
-"""How good is a density? NLL, bits/dim, KL to a known density, HDR calibration, two-sample tests."""
+"""How good is a density: NLL, bits/dim, KL to a known density, HDR calibration, 2-sample tests."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ class HDRCalibration:
     max_deviation: float
 
     def __str__(self) -> str:
-        rows = ", ".join(f"{a:g}: {c:.3f}" for a, c in zip(self.alphas, self.coverage))
+        rows = ", ".join(f"{a:g}: {c:.3f}" for a, c in zip(self.alphas, self.coverage, strict=True))
         return f"HDR coverage (level: coverage) {rows}; max deviation {self.max_deviation:.3f}"
 
 
@@ -121,7 +121,7 @@ def bits_per_dim(log_prob: Any, dim: int) -> Estimate:
         >>> print(bits_per_dim([-2 * math.log(2)] * 4, dim=2))
         1.000 ± 0.000
     """
-    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+    if not _is_count(dim, 1):
         raise ValueError(f"Expected dim to be a positive integer; got {dim!r}")
     estimate = nll(log_prob)
     factor = dim * math.log(2)
@@ -158,7 +158,7 @@ def kl_gap(log_p_true: Any, log_q_model: Any) -> Estimate:
 def hdr_calibration(
     log_q_test: Any, log_q_samples: Any, alphas: Sequence[float] = DEFAULT_ALPHAS
 ) -> HDRCalibration:
-    r"""Does the model's :math:`\alpha`-highest-density region hold a fraction :math:`\alpha` of test data?
+    r"""How much test data falls in the model's highest-density regions, level by level.
 
     The model's :math:`\alpha`-HDR is :math:`R_\alpha = \{x : \log q(x) \ge \tau_\alpha\}`,
     the smallest region holding probability :math:`\alpha` under ``q``. Its threshold
@@ -375,7 +375,7 @@ def evaluate_flow(
     points = _as_points(test, "test")
     if points.shape[1] != flow.dim:
         raise ValueError(f"Expected test with {flow.dim} features; got {points.shape[1]}")
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 2:
+    if not _is_count(n_samples, 2):
         raise ValueError(f"Expected an integer n_samples >= 2; got {n_samples!r}")
     was_training = flow.training
     flow.eval()
@@ -415,7 +415,7 @@ def _flow_samples(flow: Flow, n: int, seed: int) -> tuple[np.ndarray, np.ndarray
 def _to_numpy(values: Any) -> np.ndarray:
     if isinstance(values, Tensor):
         values = values.detach().to("cpu", torch.float64).numpy()
-    return np.asarray(values, dtype=np.float64)
+    return np.ascontiguousarray(values, dtype=np.float64)  # torch rejects negative strides
 
 
 def _as_vector(values: Any, what: str) -> np.ndarray:
@@ -443,12 +443,16 @@ def _as_points(values: Any, what: str) -> np.ndarray:
     if v.ndim == 1:
         v = v[:, None]
     if v.ndim != 2 or v.shape[0] == 0:
-        raise ValueError(f"Expected {what} to be 2-D (rows, features) with rows; got shape {v.shape}")
+        raise ValueError(f"Expected {what} to be 2-D (rows, features); got shape {v.shape}")
     bad = ~np.isfinite(v)
     if bad.any():
         row = int(bad.any(axis=1).argmax())
         raise ValueError(f"Expected finite values in {what}; got NaN or inf (first at row {row})")
     return v
+
+
+def _is_count(n: Any, minimum: int) -> bool:
+    return not isinstance(n, bool) and isinstance(n, (int, np.integer)) and n >= minimum
 
 
 def _mean_estimate(values: np.ndarray) -> Estimate:
@@ -460,12 +464,13 @@ def _mean_estimate(values: np.ndarray) -> Estimate:
 
 
 def _two_samples(x: Any, y: Any, max_points: int, seed: int) -> tuple[Tensor, Tensor]:
-    if isinstance(max_points, bool) or not isinstance(max_points, (int, np.integer)) or max_points < 2:
+    if not _is_count(max_points, 2):
         raise ValueError(f"Expected an integer max_points >= 2; got {max_points!r}")
     xs, ys = _as_points(x, "x"), _as_points(y, "y")
     if xs.shape[1] != ys.shape[1]:
         raise ValueError(
-            f"Expected x and y with the same number of features; got {xs.shape[1]} and {ys.shape[1]}"
+            "Expected x and y with the same number of features; "
+            f"got {xs.shape[1]} and {ys.shape[1]}"
         )
     for name, sample in (("x", xs), ("y", ys)):
         if sample.shape[0] < 2:

@@ -164,9 +164,10 @@ def _scatter(ax: Axes, x: np.ndarray, color: Any, size: float = 4, alpha: float 
 
 
 def _view(ax: Axes, bounds: Bounds, xlabel: str, ylabel: str) -> None:
+    """Show exactly ``bounds``, at equal scale on both axes (the box takes their shape)."""
     ax.set_xlim(bounds[0], bounds[1])
     ax.set_ylim(bounds[2], bounds[3])
-    ax.set_aspect("equal", adjustable="datalim")
+    ax.set_aspect("equal", adjustable="box")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
 
@@ -251,7 +252,7 @@ def plot_samples(data: Any, samples: Any, labels: Any = None,
     s, _ = _subsample(s, None, max_points)
     bounds = _bounds(x)
     fig = Figure(figsize=(10, 4.6), layout="constrained")
-    left, right = fig.subplots(1, 2, sharex=True, sharey=True)
+    left, right = fig.subplots(1, 2)
     colors, handles = _label_colors(lab)
     _scatter(left, x, colors)
     left.set_title(f"Training data (n={n_data})")
@@ -738,7 +739,9 @@ def _animation(snapshots: TrainingSnapshots, last: Snapshot) -> Callable[[Snapsh
     right.set_title("Samples (orange) over data (grey)", fontsize=10)
     for ax in (left, right):
         _view(ax, snapshots.bounds, "$x_1$", "$x_2$")
-    title = fig.suptitle("")
+    title = fig.suptitle("Training: step 0")
+    canvas.draw()
+    fig.set_layout_engine("none")  # freeze the layout: frames only change data, and draw faster
 
     def render(frame: Snapshot) -> Image.Image:
         lo, hi = limits

@@ -22,6 +22,11 @@ class Coupling(Bijection):
     parameters ``g`` takes per feature (:attr:`params_per_feature`) and implement
     :meth:`_transform` / :meth:`_untransform`. Halves are gathered and scattered by index,
     never by multiplying with the mask, so the kept half passes through bit for bit.
+
+    The conditioner sees ``b * tanh(x1 / b)`` with ``b = input_bound`` (about the identity
+    on standardised data, whose values are mostly within a few units): far outliers then
+    cannot drive ``theta`` to extreme values, so the layer stays finite and numerically
+    invertible for inputs as large as 1e6. ``None`` feeds ``x1`` as it is.
     """
 
     params_per_feature: int = 2
@@ -32,8 +37,12 @@ class Coupling(Bijection):
         hidden: Sequence[int] = (64, 64),
         activation: str = "relu",
         context_features: int = 0,
+        input_bound: float | None = 10.0,
     ) -> None:
         super().__init__()
+        if input_bound is not None and not input_bound > 0:
+            raise ValueError(f"Expected a positive input_bound or None; got {input_bound}")
+        self.input_bound = input_bound
         mask = torch.as_tensor(mask, dtype=torch.bool).reshape(-1)
         if bool(mask.all()):
             raise ValueError("Expected a mask that leaves at least one feature to transform")
@@ -46,6 +55,8 @@ class Coupling(Bijection):
         self.conditioner = MLP(n_in, n_out, hidden, activation)
 
     def _params(self, x1: Tensor, context: Tensor | None) -> Tensor:
+        if self.input_bound is not None:
+            x1 = torch.tanh(x1 * (1.0 / self.input_bound)) * self.input_bound
         if self.context_features:
             if context is None:
                 raise ValueError(
@@ -99,8 +110,9 @@ class AffineCoupling(Coupling):
         activation: str = "relu",
         context_features: int = 0,
         scale_bound: float | None = 3.0,
+        input_bound: float | None = 10.0,
     ) -> None:
-        super().__init__(mask, hidden, activation, context_features)
+        super().__init__(mask, hidden, activation, context_features, input_bound)
         if scale_bound is not None and not scale_bound > 0:
             raise ValueError(f"Expected a positive scale_bound or None; got {scale_bound}")
         self.scale_bound = scale_bound

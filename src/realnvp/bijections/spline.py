@@ -153,7 +153,7 @@ def _rq_forward(
     u = 1 - xi
     ratio = s * (s * xi + d0 * u) / (s + (d0 + d1 - 2 * s) * xi * u)  # (y - y0) / (x - x0)
     # x plus a correction that vanishes exactly at the identity parameters.
-    y = x + (y0 - x0) + dx * (ratio - 1)
+    y = x + ((y0 - x0) + dx * (ratio - 1))
     return y, _log_slope(xi, s, d0, d1)
 
 
@@ -171,7 +171,7 @@ def _rq_inverse(
     c = -s * dy
     root = torch.sqrt((b * b - 4 * a * c).clamp_min(0))
     ratio = 2 * h / (b + root)  # (x - x0) / (y - y0), so xi = dy * ratio / w
-    x = y + (x0 - y0) + dy * (ratio - 1)
+    x = y + ((x0 - y0) + dy * (ratio - 1))
     xi = (dy * ratio / w).clamp(0, 1)
     return x, -_log_slope(xi, s, d0, d1)
 
