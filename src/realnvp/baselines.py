@@ -194,9 +194,9 @@ def fit_gaussian_mixture(
 
     Example:
         >>> rng = np.random.default_rng(0)
-        >>> data = np.concatenate([rng.normal(-4, 1, (300, 2)), rng.normal(4, 1, (300, 2))])
+        >>> data = np.concatenate([rng.normal(-4, 1, (200, 2)), rng.normal(4, 1, (200, 2))])
         >>> data = rng.permutation(data)
-        >>> fit_gaussian_mixture(data[:400], data[400:], max_components=5).name
+        >>> fit_gaussian_mixture(data[:300], data[300:], max_components=3).name
         'GaussianMixture(k=2)'
     """
     if covariance_type not in _COVARIANCE_TYPES:
@@ -326,7 +326,8 @@ def compare(
         >>> import realnvp
         >>> rng = np.random.default_rng(0)
         >>> train, val, test = rng.normal(size=(300, 2)), *rng.normal(size=(2, 100, 2))
-        >>> table = compare(realnvp.RealNVP(dim=2), train, val, test, n_samples=300)
+        >>> flow = realnvp.RealNVP(dim=2)  # train it first with realnvp.fit
+        >>> table = compare(flow, train, val, test, n_samples=300, max_components=3)
         >>> table["model"].tolist()[0], table.shape
         ('realnvp', (3, 7))
     """

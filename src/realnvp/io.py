@@ -167,7 +167,8 @@ def from_bytes(data: bytes, name: str = "<bytes>") -> tuple[Flow, dict[str, Any]
     """Rebuild a flow from bytes written by :func:`to_bytes`."""
     if not data:
         raise ModelFileError(f"{name}: empty file, not a realnvp model")
-    if data[:1] == b"\x80" or data[:2] == b"PK":
+    looks_safetensors = len(data) > 8 and data[8:9] == b"{"
+    if not looks_safetensors and (data[:1] == b"\x80" or data[:4] == b"PK\x03\x04"):
         raise ModelFileError(
             f"{name}: looks like a pickle or torch.save file; realnvp only loads safetensors "
             "files and never unpickles (pickles can run code)"

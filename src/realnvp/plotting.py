@@ -52,7 +52,7 @@ SAMPLE_COLOR = "#dd8452"
 BACKGROUND_COLOR = "#b0b0b0"
 LABEL_COLORS = ("#4c72b0", "#c44e52", "#55a868", "#8172b3", "#937860",
                 "#da8bc3", "#64b5cd", "#ccb974", "#2f4b7c", "#8c8c8c")
-GRID_COLORS = ("#7f93a8", "#c9a27e")  # deformed grid: lines of constant y, of constant x
+GRID_COLORS = ("#9e9e9e", "#d9b48f")  # deformed grid: lines of constant y, of constant x
 DENSITY_CMAP = "viridis"
 ANGLE_CMAP = "hsv"  # cyclic: colours a latent point by its angle
 DENSITY_SPAN = 10.0  # log-density maps show [max - DENSITY_SPAN, max]; lower values are clipped
@@ -130,10 +130,23 @@ def _bounds(points: np.ndarray, margin: float = 0.15) -> Bounds:
     return (lo[0] - pad, hi[0] + pad, lo[1] - pad, hi[1] + pad)
 
 
+def _square(bounds: Bounds) -> Bounds:
+    """The smallest square view holding ``bounds``, centred on it."""
+    cx, cy = (bounds[0] + bounds[1]) / 2, (bounds[2] + bounds[3]) / 2
+    half = max(bounds[1] - bounds[0], bounds[3] - bounds[2]) / 2
+    return (cx - half, cx + half, cy - half, cy + half)
+
+
 def _new_axes(ax: Axes | None, figsize: tuple[float, float] = (5.5, 4.5)) -> Axes:
     if ax is not None:
         return ax
     return Figure(figsize=figsize, layout="constrained").add_subplot()
+
+
+def _colorbar(ax: Axes, mappable: Any, label: str, **kwargs: Any) -> Any:
+    """A colour bar exactly as tall as ``ax`` (whatever its aspect), just right of it."""
+    cax = ax.inset_axes((1.04, 0.0, 0.045, 1.0))
+    return ax.figure.colorbar(mappable, cax=cax, label=label, **kwargs)
 
 
 def _dot(color: Any, label: str) -> Line2D:
@@ -364,9 +377,10 @@ def plot_density(flow: Flow | LogProb, data: Any = None, bounds: Bounds | None =
         log_p = _log_density_grid(flow, bounds or _bounds(x), resolution)
         title = title or "Log-density"
     bounds = bounds or _bounds(x)
-    ax = _new_axes(ax)
+    ratio = (bounds[3] - bounds[2]) / max(bounds[1] - bounds[0], 1e-12)
+    ax = _new_axes(ax, (6.2, float(np.clip(5.0 * ratio, 2.5, 6.5)) + 0.9))
     image = _density_image(ax, log_p, bounds)
-    ax.figure.colorbar(image, ax=ax, label="log p(x)", shrink=0.9)
+    _colorbar(ax, image, "log p(x)")
     if x is not None:
         _scatter(ax, _subsample(x, None, MAX_POINTS)[0], "white", size=1.5, alpha=0.35)
     _view(ax, bounds, "$x_1$", "$x_2$")
@@ -413,7 +427,7 @@ def plot_latent(flow: Flow, data: Any, labels: Any = None, n_samples: int = 2000
     right.set_title("Latent samples mapped to data: $x = f^{-1}(z)$\n"
                     "colour = angle of z (data in grey)", fontsize=10)
     wheel = ScalarMappable(Normalize(-180, 180), matplotlib.colormaps[ANGLE_CMAP])
-    fig.colorbar(wheel, ax=right, label="angle of z (degrees)", ticks=[-180, -90, 0, 90, 180])
+    _colorbar(right, wheel, "angle of z (degrees)", ticks=[-180, -90, 0, 90, 180])
     return fig
 
 
@@ -526,6 +540,8 @@ def _plot_stages(stages: Sequence[np.ndarray], grids: Sequence[np.ndarray] | Non
             ax.set_axis_off()
             continue
         _stage_panel(ax, stages[i], None if grids is None else grids[i], colors, names[i])
+        if names[i] == "z":
+            _sigma_circles(ax)
         ax.set_title(titles[i], fontsize=9)
     if handles:
         fig.legend(handles=handles, loc="outside upper right", fontsize=8, frameon=False,
@@ -539,10 +555,10 @@ def _stage_panel(ax: Axes, points: np.ndarray, lines: np.ndarray | None, colors:
     if lines is not None:
         half = lines.shape[0] // 2
         for part, color in ((lines[:half], GRID_COLORS[0]), (lines[half:], GRID_COLORS[1])):
-            ax.add_collection(LineCollection(list(part), colors=color, linewidths=0.6,
-                                             alpha=0.8, zorder=1), autolim=False)
+            ax.add_collection(LineCollection(list(part), colors=color, linewidths=0.75,
+                                             zorder=1), autolim=False)
     _scatter(ax, points, colors, size=3, alpha=0.75, zorder=2)
-    _view(ax, _bounds(points, margin=0.12), f"${name}_1$", f"${name}_2$")
+    _view(ax, _square(_bounds(points, margin=0.12)), f"${name}_1$", f"${name}_2$")
     ax.tick_params(labelsize=7)
 
 
@@ -574,7 +590,8 @@ def plot_training_curve(history: Any, ax: Axes | None = None) -> Axes:
                               lw=1.2, label="learning rate")
         lr_ax.set_yscale("log")
         lr_ax.set_ylabel("learning rate")
-    ax.legend(handles=handles, loc="upper right", fontsize=8)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncols=2,
+              fontsize=8, frameon=False)
     ax.set_xlabel("step")
     ax.set_ylabel("NLL (nats, mean per row)")
     ax.set_title("Training curve")
@@ -732,7 +749,7 @@ def _animation(snapshots: TrainingSnapshots, last: Snapshot) -> Callable[[Snapsh
     left, right = fig.subplots(1, 2)
     limits = _color_range(last.log_prob)
     image = _density_image(left, last.log_prob, snapshots.bounds, limits)
-    fig.colorbar(image, ax=left, label="log p(x)", shrink=0.9)
+    _colorbar(left, image, "log p(x)")
     left.set_title("Model log-density", fontsize=10)
     _scatter(right, snapshots.data, BACKGROUND_COLOR, size=2, alpha=0.5)
     points = _scatter(right, last.samples, SAMPLE_COLOR, size=3, alpha=0.8)
@@ -740,15 +757,23 @@ def _animation(snapshots: TrainingSnapshots, last: Snapshot) -> Callable[[Snapsh
     for ax in (left, right):
         _view(ax, snapshots.bounds, "$x_1$", "$x_2$")
     title = fig.suptitle("Training: step 0")
+    # Blitting: draw the static parts (axes, ticks, colour bar, data) once, then per frame
+    # only the heatmap, the samples and the title over a copy of that background.
+    for artist in (image, points, title):
+        artist.set_animated(True)
     canvas.draw()
-    fig.set_layout_engine("none")  # freeze the layout: frames only change data, and draw faster
+    fig.set_layout_engine("none")
+    background = canvas.copy_from_bbox(fig.bbox)
 
     def render(frame: Snapshot) -> Image.Image:
         lo, hi = limits
         image.set_data(np.clip(np.nan_to_num(frame.log_prob, nan=lo, neginf=lo, posinf=hi), lo, hi))
         points.set_offsets(frame.samples)
         title.set_text(f"Training: step {frame.step}")
-        canvas.draw()
+        canvas.restore_region(background)
+        left.draw_artist(image)
+        right.draw_artist(points)
+        fig.draw_artist(title)
         return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
 
     return render

@@ -335,7 +335,8 @@ class Checkerboard(Toy):
 
 _GL_ORDER = 8
 _PRUNE_NATS = 40.0  # panels whose bound is this far below the best are skipped (e^-40)
-_MAX_LEVEL = 6  # far points use up to 2**6 times more panels
+_MAX_LEVEL = 6  # far points use up to 4**6 times more panels
+_END_GRADING = 20  # geometric panels at each end of a curve, down to 2**-20 of a panel
 
 
 @dataclass(frozen=True)
@@ -442,7 +443,13 @@ class _CurveDensity:
         fine = torch.linspace(t0, t1, 16 * panels + 1, dtype=_F64)
         steps = torch.linalg.vector_norm(self.curve(fine).diff(dim=0), dim=-1)
         arc = torch.cat([torch.zeros(1, dtype=_F64), steps.cumsum(0)]).numpy()
-        edges = torch.from_numpy(np.interp(np.linspace(0.0, arc[-1], panels + 1), arc, fine))
+        edges = np.interp(np.linspace(0.0, arc[-1], panels + 1), arc, fine.numpy())
+        # Near an end of the curve the integrand can fall off exponentially fast (points
+        # beyond the end), so the end panels are split geometrically towards the end.
+        ratios = 0.5 ** np.arange(_END_GRADING, 0, -1)
+        first = edges[0] + (edges[1] - edges[0]) * ratios
+        last = edges[-1] - (edges[-1] - edges[-2]) * ratios[::-1]
+        edges = torch.from_numpy(np.concatenate([edges[:1], first, edges[1:-1], last, edges[-1:]]))
         x_gl, w_gl = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(_GL_ORDER))
         half = (edges[1:] - edges[:-1])[:, None] / 2
         t = (edges[1:] + edges[:-1])[:, None] / 2 + half * x_gl
