@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from registry import all_cases, build
 
 from realnvp.bijections import Coupling, Inverse
+
+from registry import all_cases, build
 
 CASES = sorted(all_cases())
 DIMS = [2, 3, 7]
@@ -109,9 +110,9 @@ def test_coupling_keeps_conditioning_half_bit_for_bit(name: str, dim: int) -> No
 
 
 def test_coupling_with_context_changes_with_context() -> None:
-    from registry import randomize
-
     from realnvp.bijections import AffineCoupling, half_mask
+
+    from registry import randomize
 
     b = randomize(AffineCoupling(half_mask(3), hidden=(8,), context_features=2))
     x = torch.randn(4, 3)
@@ -134,9 +135,9 @@ def test_identity_at_initialisation() -> None:
 
 
 def test_scale_bound_limits_log_scale() -> None:
-    from registry import randomize
-
     from realnvp.bijections import AffineCoupling, half_mask
+
+    from registry import randomize
 
     b = randomize(AffineCoupling(half_mask(2), hidden=(8,), scale_bound=1.5), std=50.0)
     _, log_det = b(torch.randn(200, 2) * 100)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from registry import randomize
 
 import realnvp
 from realnvp.bijections import ActNorm
+
+from registry import randomize
 
 CONFIGS = {
     "default": {},

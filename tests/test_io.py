@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from registry import randomize
 from safetensors.torch import save_file
 
 import realnvp
 from realnvp.io import ModelFileError
+
+from registry import randomize
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,9 @@ def check_finite(x: Tensor, what: str = "x") -> None:
     if bool(bad.any()):
         row = int(bad.any(dim=-1).nonzero()[0, 0]) if x.ndim > 1 else int(bad.nonzero()[0, 0])
         kind = "NaN" if bool(torch.isnan(x).any()) else "infinite"
-        raise ValueError(f"Expected finite values in {what}; got {kind} values (first at row {row})")
+        raise ValueError(
+            f"Expected finite values in {what}; got {kind} values (first at row {row})"
+        )
 
 
 def as_float_tensor(data: object, dim: int | None = None, what: str = "data") -> Tensor:
@@ -46,7 +48,7 @@ def as_float_tensor(data: object, dim: int | None = None, what: str = "data") ->
             np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_
         ):
             raise ValueError(f"Expected numeric {what}; got values of type {arr.dtype}")
-        x = torch.as_tensor(arr)
+        x = torch.as_tensor(np.ascontiguousarray(arr))
     if not torch.is_floating_point(x):
         x = x.to(torch.get_default_dtype())
     if x.ndim != 2:

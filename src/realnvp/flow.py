@@ -80,7 +80,7 @@ class Flow(nn.Module):
 
     def _prepare(self, x: Any, what: str = "x") -> Tensor:
         if not isinstance(x, Tensor):
-            x = torch.as_tensor(np.asarray(x))
+            x = torch.as_tensor(np.ascontiguousarray(x))
         if x.ndim == 1:
             raise ValueError(
                 f"Expected {what} to be 2-D (batch, {self.dim}); got a 1-D tensor of "
@@ -93,7 +93,9 @@ class Flow(nn.Module):
     def _prepare_context(self, context: Any, batch: int) -> Tensor | None:
         if context is None:
             if self.context_features:
-                raise ValueError(f"Expected a context of {self.context_features} features; got None")
+                raise ValueError(
+                    f"Expected a context of {self.context_features} features; got None"
+                )
             return None
         context = self._prepare_raw(context)
         if context.ndim != 2 or context.shape != (batch, self.context_features):
@@ -104,7 +106,7 @@ class Flow(nn.Module):
         return context
 
     def _prepare_raw(self, t: Any) -> Tensor:
-        t = t if isinstance(t, Tensor) else torch.as_tensor(np.asarray(t))
+        t = t if isinstance(t, Tensor) else torch.as_tensor(np.ascontiguousarray(t))
         a = self._anchor()
         return t.to(device=a.device, dtype=a.dtype)
 

@@ -18,7 +18,15 @@ from safetensors.torch import save as st_save
 from realnvp import __version__
 from realnvp.flow import ARCHITECTURES, Flow
 
-__all__ = ["MODEL_FILE", "ModelFileError", "atomic_open", "atomic_write_bytes", "load", "resolve_model_path", "save"]
+__all__ = [
+    "MODEL_FILE",
+    "ModelFileError",
+    "atomic_open",
+    "atomic_write_bytes",
+    "load",
+    "resolve_model_path",
+    "save",
+]
 
 MODEL_FILE = "model.safetensors"
 FORMAT = "realnvp-flow"

@@ -259,7 +259,8 @@ def plot_samples(data: Any, samples: Any, labels: Any = None,
     if s.shape[1] != x.shape[1]:
         raise ValueError(f"Expected samples with {x.shape[1]} features; got {s.shape[1]}")
     if x.shape[1] != 2:
-        return plot_pairs(x, s, labels, max_points=max_points)
+        return plot_pairs(x, s, labels, max_points=max_points,
+                          title="Training data (blue) vs flow samples (orange)")
     n_data, n_samples = x.shape[0], s.shape[0]
     x, lab = _subsample(x, _labels(labels, x.shape[0]), max_points)
     s, _ = _subsample(s, None, max_points)
@@ -307,7 +308,7 @@ def plot_pairs(data: Any, samples: Any = None, labels: Any = None, max_features:
         for j in range(k):
             _pair_panel(axes[i, j], x, s, colors, (i, j, k), gaussian)
     if handles:
-        fig.legend(handles=handles, loc="outside upper right", fontsize=8, frameon=False,
+        fig.legend(handles=handles, loc="outside lower center", fontsize=8, frameon=False,
                    ncols=len(handles))
     shown = f"first {k} of {x.shape[1]} features" if k < x.shape[1] else f"{k} features"
     fig.suptitle(f"{title or 'Pair plot'} ({shown})")
@@ -335,8 +336,13 @@ def _pair_panel(ax: Axes, x: np.ndarray, s: np.ndarray | None, colors: Any,
             _scatter(ax, s[:, [j, i]], SAMPLE_COLOR, size=3, alpha=0.35)
         if gaussian:
             _sigma_circles(ax)
-        ax.set_xlim(*_bounds(x[:, [j, i]])[:2])
-        ax.set_ylim(*_bounds(x[:, [j, i]])[2:])
+            r = _latent_radius(x[:, [j, i]])
+            ax.set_xlim(-r, r)
+            ax.set_ylim(-r, r)
+            ax.set_aspect("equal", adjustable="box")
+        else:
+            ax.set_xlim(*_bounds(x[:, [j, i]])[:2])
+            ax.set_ylim(*_bounds(x[:, [j, i]])[2:])
     name = "z" if gaussian else "x"
     if i == k - 1:
         ax.set_xlabel(f"${name}_{{{j + 1}}}$")
@@ -431,9 +437,14 @@ def plot_latent(flow: Flow, data: Any, labels: Any = None, n_samples: int = 2000
     return fig
 
 
-def _latent_panel(ax: Axes, z: np.ndarray, labels: np.ndarray | None) -> None:
+def _latent_radius(z: np.ndarray) -> float:
+    """Half-width of a square latent view: at least 3.6 (past the 3-sigma circle), at most 10."""
     finite = np.abs(z[np.isfinite(z).all(1)])
-    r = float(np.clip(np.quantile(finite, 0.998) * 1.1 if finite.size else 3.6, 3.6, 10.0))
+    return float(np.clip(np.quantile(finite, 0.998) * 1.1 if finite.size else 3.6, 3.6, 10.0))
+
+
+def _latent_panel(ax: Axes, z: np.ndarray, labels: np.ndarray | None) -> None:
+    r = _latent_radius(z)
     t = np.linspace(-r, r, 200)
     tx, ty = np.meshgrid(t, t)
     wheel = matplotlib.colormaps[ANGLE_CMAP]((np.arctan2(ty, tx) + math.pi) / (2 * math.pi))
@@ -481,7 +492,7 @@ def plot_layers(flow: Flow, data: Any, labels: Any = None, grid: bool = True,
     colors, handles = _label_colors(lab)
     suptitle = "Data → latent, layer by layer"
     if flow.dim > 2:
-        suptitle += f" (first 2 of {flow.dim} features; grids are drawn for 2-D data only)"
+        suptitle += f"\n(first 2 of {flow.dim} features; grids are drawn for 2-D data only)"
     names = ["x"] + ["h"] * (len(stages) - 2) + ["z"]
     return _plot_stages(stages, grids, titles, names, colors, handles, suptitle)
 
@@ -531,8 +542,8 @@ def _plot_stages(stages: Sequence[np.ndarray], grids: Sequence[np.ndarray] | Non
                  titles: Sequence[str], names: Sequence[str], colors: Any,
                  handles: list[Line2D], suptitle: str) -> Figure:
     n = len(stages)
-    ncols = min(n, 5)
-    nrows = math.ceil(n / ncols)
+    nrows = math.ceil(n / 5)  # at most 5 panels a row, rows as evenly filled as possible
+    ncols = math.ceil(n / nrows)
     fig = Figure(figsize=(3.1 * ncols, 3.1 * nrows + 0.5), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for i, ax in enumerate(axes):
@@ -544,7 +555,7 @@ def _plot_stages(stages: Sequence[np.ndarray], grids: Sequence[np.ndarray] | Non
             _sigma_circles(ax)
         ax.set_title(titles[i], fontsize=9)
     if handles:
-        fig.legend(handles=handles, loc="outside upper right", fontsize=8, frameon=False,
+        fig.legend(handles=handles, loc="outside lower center", fontsize=8, frameon=False,
                    ncols=len(handles))
     fig.suptitle(suptitle)
     return fig
@@ -744,7 +755,7 @@ def _evenly(items: Sequence[Snapshot], k: int) -> list[Snapshot]:
 
 def _animation(snapshots: TrainingSnapshots, last: Snapshot) -> Callable[[Snapshot], Image.Image]:
     """A figure drawn once; the returned function updates it to a frame and renders it."""
-    fig = Figure(figsize=(8.6, 3.8), dpi=80, layout="constrained")
+    fig = Figure(figsize=(8.6, 3.3), dpi=80, layout="constrained")
     canvas = FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
     limits = _color_range(last.log_prob)

@@ -90,7 +90,9 @@ class Chain(Bijection):
         return z, total
 
     @torch.no_grad()
-    def trace(self, x: Tensor, context: Tensor | None = None, inverse: bool = False) -> list[Tensor]:
+    def trace(
+        self, x: Tensor, context: Tensor | None = None, inverse: bool = False
+    ) -> list[Tensor]:
         """Every intermediate point: ``[x, f_1(x), f_2(f_1(x)), ...]`` (or the inverse path)."""
         points = [x]
         layers = reversed(self.layers) if inverse else self.layers

@@ -22,7 +22,9 @@ class Permutation(Bijection):
         super().__init__()
         perm = torch.as_tensor(permutation, dtype=torch.long).reshape(-1)
         if not torch.equal(perm.sort().values, torch.arange(perm.numel())):
-            raise ValueError(f"Expected a permutation of 0..{perm.numel() - 1}; got {perm.tolist()}")
+            raise ValueError(
+                f"Expected a permutation of 0..{perm.numel() - 1}; got {perm.tolist()}"
+            )
         self.register_buffer("permutation", perm)
         self.register_buffer("inverse_permutation", perm.argsort())
 

@@ -13,17 +13,17 @@ from realnvp.bijections.coupling import Coupling
 
 __all__ = ["RationalQuadraticCoupling", "rq_derivatives", "rq_knots", "rq_spline"]
 
-MIN_BIN_SIZE = 1e-3
+_MIN_BIN_SIZE = 1e-3
 """Smallest bin width or height, as a fraction of the interval ``[-B, B]``."""
 
-MIN_DERIVATIVE = 1e-3
+_MIN_DERIVATIVE = 1e-3
 """Smallest derivative at an interior knot."""
 
 _SOFTPLUS_OF_ONE = math.log(math.expm1(1.0))
 """The ``c`` with ``softplus(c) = 1``: a zero raw derivative then means derivative 1."""
 
 
-def rq_knots(unnormalized: Tensor, bound: float, min_size: float = MIN_BIN_SIZE) -> Tensor:
+def rq_knots(unnormalized: Tensor, bound: float, min_size: float = _MIN_BIN_SIZE) -> Tensor:
     """Knots ``-B = k_0 < k_1 < ... < k_K = B`` from ``K`` unnormalised bin sizes.
 
     Bin sizes are ``min_size + (1 - K * min_size) * softmax(unnormalized)`` as fractions of
@@ -40,7 +40,7 @@ def rq_knots(unnormalized: Tensor, bound: float, min_size: float = MIN_BIN_SIZE)
     return torch.cat([-end, inner, end], dim=-1)
 
 
-def rq_derivatives(unnormalized: Tensor, min_derivative: float = MIN_DERIVATIVE) -> Tensor:
+def rq_derivatives(unnormalized: Tensor, min_derivative: float = _MIN_DERIVATIVE) -> Tensor:
     """Derivatives at all ``K + 1`` knots from ``K - 1`` unnormalised interior ones.
 
     Interior: ``d_min + (1 - d_min) * softplus(u + c) / softplus(c)`` with
@@ -111,8 +111,8 @@ def _check_spline(widths: Tensor, heights: Tensor, derivatives: Tensor, bound: f
             f"last dimension; got shapes {tuple(widths.shape)}, {tuple(heights.shape)} and "
             f"{tuple(derivatives.shape)}"
         )
-    if bins * MIN_BIN_SIZE >= 1:
-        raise ValueError(f"Expected fewer than {round(1 / MIN_BIN_SIZE)} bins; got {bins}")
+    if bins * _MIN_BIN_SIZE >= 1:
+        raise ValueError(f"Expected fewer than {round(1 / _MIN_BIN_SIZE)} bins; got {bins}")
     if not bound > 0:
         raise ValueError(f"Expected a positive bound; got {bound}")
 
@@ -202,6 +202,7 @@ class RationalQuadraticCoupling(Coupling):
     The flow's first layer standardises the data (mean 0, sd 1), so the default
     ``bound=5.0`` covers nearly all of it (a Gaussian puts about 6e-7 of its mass beyond
     5 sd); points outside pass through the identity tails, still exactly invertible.
+    ``input_bound`` squashes what the conditioner sees, as in :class:`Coupling`.
 
     Example:
         >>> from realnvp.bijections.masks import half_mask
@@ -222,6 +223,7 @@ class RationalQuadraticCoupling(Coupling):
         context_features: int = 0,
         bins: int = 8,
         bound: float = 5.0,
+        input_bound: float | None = 10.0,
     ) -> None:
         if int(bins) < 2:
             raise ValueError(f"Expected bins >= 2 (one bin is the identity); got {bins}")
@@ -231,7 +233,7 @@ class RationalQuadraticCoupling(Coupling):
         self.bins = int(bins)
         self.bound = float(bound)
         self.params_per_feature = 3 * self.bins - 1
-        super().__init__(mask, hidden, activation, context_features)
+        super().__init__(mask, hidden, activation, context_features, input_bound)
 
     def _spline_params(self, params: Tensor, features: Tensor) -> list[Tensor]:
         """Split ``(batch, n * (3K - 1))`` into widths, heights and derivatives per feature."""

@@ -27,7 +27,9 @@ class Standardize(Bijection):
         loc = torch.as_tensor(loc, dtype=torch.get_default_dtype()).reshape(-1)
         scale = torch.as_tensor(scale, dtype=loc.dtype).reshape(-1)
         if loc.shape != scale.shape:
-            raise ValueError(f"Expected loc and scale of equal length; got {loc.shape} and {scale.shape}")
+            raise ValueError(
+                f"Expected loc and scale of equal length; got {loc.shape} and {scale.shape}"
+            )
         if not bool((scale > 0).all()):
             raise ValueError("Expected a positive scale for every feature")
         self.register_buffer("loc", loc)

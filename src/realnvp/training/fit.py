@@ -350,7 +350,9 @@ def _evaluate(
         if math.isfinite(val_nll) and val_nll < history.best_val_nll:
             history.best_val_nll, history.best_step = val_nll, step
             best_state = {k: v.detach().clone() for k, v in flow.state_dict().items()}
-        elif patience and 1 + sum(r["step"] > history.best_step for r in history.records) >= patience:
+        elif patience and 1 + sum(r["step"] > history.best_step for r in history.records) >= (
+            patience
+        ):
             stop = True
     history.records.append({
         "step": step, "train_nll": train_nll, "val_nll": val_nll,

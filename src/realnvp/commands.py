@@ -1,0 +1,407 @@
+"""What each ``realnvp`` command does; ``cli.py`` only parses arguments."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import tomllib
+import torch
+
+from realnvp import runs
+from realnvp.io import MODEL_FILE, atomic_open, save
+from realnvp.training import PRESETS, TrainConfig, fit, resolve_device
+
+__all__ = ["evaluate", "plot", "resolve_config", "sample", "score", "train"]
+
+_FLAG_TO_FIELD = {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "layers": "layers",
+                  "hidden": "hidden", "coupling": "coupling", "seed": "seed", "device": "device",
+                  "n_train": "n_train"}
+
+
+def resolve_config(opts: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
+    """defaults <- preset <- TOML file <- flags. Returns the config and the run options."""
+    values: dict[str, Any] = {}
+    run_opts = {"data": opts.get("data") or "moons", "columns": opts.get("columns"),
+                "out": opts.get("out"), "preset": opts.get("preset")}
+    file_values: dict[str, Any] = {}
+    if opts.get("config_file") is not None:
+        path = Path(opts["config_file"])
+        if not path.is_file():
+            raise ValueError(f"{path}: no such config file")
+        with path.open("rb") as f:
+            try:
+                file_values = tomllib.load(f)
+            except tomllib.TOMLDecodeError as e:
+                raise ValueError(f"{path}: invalid TOML ({e})") from None
+        file_values = {k.replace("-", "_"): v for k, v in file_values.items()}
+        for key in ("data", "columns", "out", "preset"):
+            if key in file_values:
+                run_opts[key] = file_values.pop(key)
+        if opts.get("data") not in (None, "moons"):
+            run_opts["data"] = opts["data"]
+        for key in ("columns", "out", "preset"):
+            if opts.get(key) is not None:
+                run_opts[key] = opts[key]
+    preset = run_opts.get("preset")
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"Unknown preset {preset!r}; expected one of: {', '.join(PRESETS)}")
+    values.update(PRESETS.get(preset or "default", {}))
+    values.update(file_values)
+    for flag, field in _FLAG_TO_FIELD.items():
+        if opts.get(flag) is not None:
+            values[field] = opts[flag]
+    config = TrainConfig.from_dict(values, source=str(opts.get("config_file") or "options"))
+    return config.validate(), run_opts
+
+
+def train(**opts: Any) -> Path:
+    """``realnvp train``: validate everything, then train into a run folder."""
+    if opts.get("resume") is not None:
+        return _resume(Path(opts["resume"]), opts)
+    config, run_opts = resolve_config(opts)
+    device = resolve_device(config.device)
+    if opts.get("checkpoint_every", 500) < 1:
+        raise ValueError(f"Expected --checkpoint-every >= 1; got {opts['checkpoint_every']}")
+    data = runs.load_data(str(run_opts["data"]), run_opts["columns"], config.n_train, config.seed)
+    name = Path(str(run_opts["data"])).stem if data.toy is None else data.source["name"]
+    out = Path(run_opts["out"]) if run_opts["out"] is not None else Path("runs") / name
+    runs.prepare_run_dir(out, bool(opts.get("force")))
+    from realnvp.training.fit import check_not_constant
+
+    check_not_constant(torch.as_tensor(data.x), data.columns)
+    flow = runs.build_flow(config, data.x.shape[1])
+    runs.create_run_dir(out, bool(opts.get("force")))
+    try:
+        record = {"config": config.to_dict(), "data": data.source, "columns": data.columns,
+                  "preset": run_opts.get("preset"), "device": str(device)}
+        runs.write_json(out / runs.CONFIG_FILE, record)
+        _train_and_finish(out, flow, data, config, device, opts, resume=False)
+    except KeyboardInterrupt:
+        click.echo(f"\nInterrupted; checkpoint kept. Resume with: realnvp train --resume {out}",
+                   err=True)
+        raise
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return out
+
+
+def _resume(run: Path, opts: dict[str, Any]) -> Path:
+    record = runs.read_config(run)
+    config = TrainConfig.from_dict(record["config"], source=str(run / runs.CONFIG_FILE))
+    if opts.get("steps") is not None:
+        config = dataclasses.replace(config, steps=int(opts["steps"]))
+    config.validate()
+    device = resolve_device(opts.get("device") or config.device)
+    source = record["data"]
+    spec = source["name"] if source["kind"] == "toy" else source["path"]
+    data = runs.load_data(spec, source.get("columns") if source["kind"] == "file" else None,
+                          source.get("n", config.n_train), source.get("seed", config.seed))
+    if not (run / "checkpoint.safetensors").is_file():
+        raise ValueError(f"{run}: no checkpoint to resume from")
+    flow = runs.build_flow(config, data.x.shape[1])
+    _train_and_finish(run, flow, data, config, device, opts, resume=True)
+    return run
+
+
+def _train_and_finish(out: Path, flow: Any, data: runs.Data, config: TrainConfig,
+                      device: torch.device, opts: dict[str, Any], resume: bool) -> None:
+    plots = not opts.get("no_plots") and data.x.shape[1] == 2
+    callbacks = []
+    snapshots = None
+    if plots:
+        from realnvp.plotting import TrainingSnapshots
+
+        snapshots = TrainingSnapshots(data.x[:5000], every=max(1, config.steps // 100),
+                                      resolution=80, n_samples=1000, seed=config.seed)
+        callbacks.append(snapshots)
+    started = time.perf_counter()
+    history = fit(
+        flow, data.x, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+        weight_decay=config.weight_decay, warmup=config.warmup, min_lr_ratio=config.min_lr_ratio,
+        clip_grad=config.clip_grad, val_fraction=config.val_fraction,
+        eval_every=config.eval_every, patience=config.patience, seed=config.seed, device=device,
+        progress=None if not opts.get("quiet") else False, callbacks=callbacks,
+        checkpoint_dir=out, checkpoint_every=opts.get("checkpoint_every", 500), resume=resume,
+        columns=data.columns,
+    )
+    train_seconds = time.perf_counter() - started
+    if snapshots is not None:
+        snapshots.record(config.steps, flow)
+    flow = flow.cpu().eval()
+    save(flow, out / MODEL_FILE)
+    runs.write_history(out / runs.METRICS_FILE, history)
+    metrics = _final_metrics(flow, data, history, train_seconds)
+    _save_validation_scores(out, flow, data, config)
+    runs.write_json(out / "metrics.json", metrics)
+    if not opts.get("no_plots"):
+        _draw(out, flow, data, history.to_frame(), snapshots, metrics)
+    _print_summary(out, metrics)
+
+
+def _final_metrics(flow: Any, data: runs.Data, history: Any, seconds: float) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
+        "train_seconds": round(seconds, 2), "steps_run": history.records[-1]["step"]
+        if history.records else 0, "best_step": history.best_step,
+        "val_nll": history.best_val_nll, "stopped": history.stopped,
+        "skipped_steps": len(history.skipped_steps),
+    }
+    test = runs.toy_test_data(data)
+    if test is not None:
+        from realnvp import metrics as m
+
+        x, log_p = test
+        with torch.inference_mode():
+            log_q = flow.log_prob(runs.as_tensor(x, flow)).double().numpy()
+        nll, gap = m.nll(log_q), m.kl_gap(log_p, log_q)
+        metrics.update({"test_nll": nll.value, "test_nll_stderr": nll.stderr,
+                        "true_entropy": float(-np.mean(log_p)), "kl_gap": gap.value,
+                        "kl_gap_stderr": gap.stderr})
+    return metrics
+
+
+def _save_validation_scores(out: Path, flow: Any, data: runs.Data, config: TrainConfig) -> None:
+    """Log-densities of the held-out rows: the reference for --contamination thresholds."""
+    from realnvp.training.fit import split
+
+    generator = torch.Generator().manual_seed(int(config.seed))
+    _, val = split(torch.as_tensor(data.x), config.val_fraction, generator)
+    rows = val if val is not None else torch.as_tensor(data.x)
+    with torch.inference_mode():
+        scores = flow.log_prob(runs.as_tensor(rows.numpy(), flow)).double().numpy()
+    with atomic_open(out / "val_log_prob.npy", "wb") as f:
+        np.save(f, scores, allow_pickle=False)
+
+
+def _draw(out: Path, flow: Any, data: runs.Data, history: Any, snapshots: Any,
+          metrics: dict[str, Any]) -> None:
+    from realnvp.plotting import save_all_plots
+    from realnvp.report import write_report
+
+    toy = data.toy
+    images = save_all_plots(out, flow, data.x[:5000],
+                            None if data.labels is None else data.labels[:5000],
+                            history=history, snapshots=snapshots,
+                            true_log_prob=toy.log_prob if toy is not None else None)
+    if (out / "training.gif").is_file():
+        images.setdefault("training", out / "training.gif")
+    config = runs.read_config(out)
+    write_report(out, images, metrics, config, title=f"realnvp run: {out.name}")
+
+
+def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
+    lines = [f"trained in {metrics['train_seconds']:.1f} s ({metrics['stopped']})",
+             f"validation NLL {metrics['val_nll']:.4f} nats (best at step {metrics['best_step']})"]
+    if "kl_gap" in metrics:
+        lines.append(f"test NLL {metrics['test_nll']:.4f} ± {metrics['test_nll_stderr']:.4f}; "
+                     f"true entropy {metrics['true_entropy']:.4f}; KL gap "
+                     f"{metrics['kl_gap']:.4f} ± {metrics['kl_gap_stderr']:.4f} nats")
+    for line in lines:
+        click.echo(line, err=True)
+    click.echo(str(out))
+
+
+def sample(run: Path, n: int, out: Path | None, seed: int) -> None:
+    """``realnvp sample``."""
+    from realnvp.io import load
+
+    if n < 1:
+        raise ValueError(f"Expected -n >= 1; got {n}")
+    flow = load(run)
+    columns = _run_columns(run, flow.dim)
+    _check_output(out)
+    generator = torch.Generator().manual_seed(int(seed))
+    with torch.inference_mode():
+        x = flow.sample(int(n), generator=generator).double().numpy()
+    if out is None:
+        _write_csv(sys.stdout, columns, x)
+        return
+    from realnvp.datasets.files import save_table
+
+    save_table(out, x, columns)
+    click.echo(str(out), err=True)
+
+
+def _run_columns(run: Path, dim: int) -> list[str]:
+    folder = run if run.is_dir() else None
+    if folder is not None and (folder / runs.CONFIG_FILE).is_file():
+        columns = runs.read_config(folder).get("columns")
+        if isinstance(columns, list) and len(columns) == dim:
+            return [str(c) for c in columns]
+    return [f"x{i}" for i in range(dim)]
+
+
+def _check_output(out: Path | None) -> None:
+    if out is None:
+        return
+    if out.is_dir():
+        raise ValueError(f"{out}: is a directory; give a file name")
+    if not out.parent.exists():
+        raise ValueError(f"{out.parent}: no such folder")
+
+
+def _write_csv(f: Any, columns: list[str], x: np.ndarray, extra: dict[str, np.ndarray] | None = None
+               ) -> None:
+    extra = extra or {}
+    header = [*columns, *extra]
+    f.write(",".join(_csv_name(c) for c in header) + "\n")
+    blocks = [x, *[np.asarray(v).reshape(-1, 1) for v in extra.values()]]
+    table = np.hstack([b.astype(np.float64) for b in blocks]) if extra else x
+    for row in table:
+        f.write(",".join(_fmt(v) for v in row) + "\n")
+
+
+def _csv_name(name: str) -> str:
+    return f'"{name}"' if any(c in name for c in ',"\n') else name
+
+
+def _fmt(v: float) -> str:
+    return repr(float(v)) if not float(v).is_integer() or abs(v) > 1e15 else str(int(v))
+
+
+def score(run: Path, file: Path, columns: str | None, out: Path | None,
+          contamination: float | None, chunk_rows: int) -> None:
+    """``realnvp score``: stream FILE in chunks, write log_prob per row."""
+    from realnvp.datasets.files import iter_table_chunks
+    from realnvp.io import load
+
+    if chunk_rows < 1:
+        raise ValueError(f"Expected --chunk-rows >= 1; got {chunk_rows}")
+    threshold = None
+    if contamination is not None:
+        threshold = _outlier_threshold(run, contamination)
+    flow = load(run)
+    if columns is None:
+        trained = _run_columns(run, flow.dim)
+        columns = ",".join(trained) if not trained[0].startswith("x") else None
+    _check_output(out)
+    names, chunks = iter_table_chunks(file, columns=columns, n_columns=flow.dim,
+                                      chunk_rows=chunk_rows)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(desc="score", unit=" rows", disable=not sys.stderr.isatty(), mininterval=0.5)
+
+    def write(f: Any) -> None:
+        first = True
+        for chunk in chunks:
+            with torch.inference_mode():
+                lp = flow.log_prob(runs.as_tensor(chunk, flow)).double().numpy()
+            extra = {"log_prob": lp}
+            if threshold is not None:
+                extra["outlier"] = (lp < threshold).astype(np.int64)
+            _write_block(f, names, chunk, extra, header=first)
+            first = False
+            bar.update(chunk.shape[0])
+
+    try:
+        if out is None:
+            write(sys.stdout)
+        else:
+            with atomic_open(out, "w", newline="") as f:
+                write(f)
+    finally:
+        bar.close()
+    if out is not None:
+        click.echo(str(out), err=True)
+
+
+def _write_block(f: Any, names: list[str], chunk: np.ndarray, extra: dict[str, np.ndarray],
+                 header: bool) -> None:
+    import pandas as pd
+
+    frame = pd.DataFrame(chunk, columns=names)
+    for key, value in extra.items():
+        frame[key] = value
+    frame.to_csv(f, header=header, index=False, float_format="%.10g", lineterminator="\n")
+
+
+def _outlier_threshold(run: Path, contamination: float) -> float:
+    if not 0 < contamination < 0.5:
+        raise ValueError(f"Expected 0 < --contamination < 0.5; got {contamination}")
+    path = run / "val_log_prob.npy"
+    if not path.is_file():
+        raise ValueError(f"{run}: no validation scores (val_log_prob.npy) to set a threshold")
+    scores = np.load(path, allow_pickle=False)
+    return float(np.quantile(scores, contamination))
+
+
+def evaluate(run: Path, data_spec: str | None, columns: str | None, n_test: int,
+             no_baselines: bool) -> None:
+    """``realnvp evaluate``: metrics and the baselines table, printed and saved."""
+    from realnvp import metrics as m
+    from realnvp.training.fit import split
+
+    flow, record = runs.load_run(run)
+    config = TrainConfig.from_dict(record["config"])
+    source = record["data"]
+    if data_spec is None:
+        spec = source["name"] if source["kind"] == "toy" else source["path"]
+        data = runs.load_data(spec, source.get("columns") if source["kind"] == "file" else None,
+                              source.get("n", config.n_train), source.get("seed", config.seed))
+    else:
+        data = runs.load_data(data_spec, columns, n_test, config.seed + 20_000, flow.dim)
+    if data.x.shape[1] != flow.dim:
+        raise ValueError(f"Expected {flow.dim} columns; got {data.x.shape[1]}")
+    generator = torch.Generator().manual_seed(int(config.seed))
+    train_rows, val_rows = split(torch.as_tensor(data.x), config.val_fraction, generator)
+    train, val = train_rows.numpy(), (val_rows if val_rows is not None else train_rows).numpy()
+    toy = data.toy
+    if toy is not None:
+        xt, _ = toy.sample(int(n_test), seed=int(source.get("seed", 0)) + 10_000)
+        test, truth = xt.numpy(), toy.log_prob
+    else:
+        test, truth = val, None
+    if no_baselines:
+        results = m.evaluate_flow(flow, test, None if truth is None else
+                                  truth(torch.as_tensor(test)).numpy())
+        table = _flow_only_table(results)
+    else:
+        from realnvp.baselines import compare
+
+        table = compare(flow, train, val, test, truth, seed=config.seed)
+    import pandas as pd
+
+    with pd.option_context("display.width", 120, "display.max_columns", 20):
+        click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    with atomic_open(run / "evaluation.csv", "w", newline="") as f:
+        table.to_csv(f, index=False)
+    runs.write_json(run / "evaluation.json", table.to_dict(orient="records"))
+    click.echo(f"saved {run / 'evaluation.csv'}", err=True)
+
+
+def _flow_only_table(results: dict[str, Any]) -> Any:
+    import pandas as pd
+
+    row: dict[str, Any] = {"model": "realnvp"}
+    for key, value in results.items():
+        if hasattr(value, "value") and hasattr(value, "stderr"):
+            row[key], row[f"{key}_stderr"] = value.value, value.stderr
+        elif hasattr(value, "max_deviation"):
+            row["hdr_max_deviation"] = value.max_deviation
+        elif isinstance(value, (int, float)):
+            row[key] = value
+    return pd.DataFrame([row])
+
+
+def plot(run: Path) -> None:
+    """``realnvp plot``: redraw the pictures and the report from the saved model and data."""
+    flow, record = runs.load_run(run)
+    config = TrainConfig.from_dict(record["config"])
+    source = record["data"]
+    spec = source["name"] if source["kind"] == "toy" else source["path"]
+    data = runs.load_data(spec, source.get("columns") if source["kind"] == "file" else None,
+                          source.get("n", config.n_train), source.get("seed", config.seed))
+    metrics_path = run / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    _draw(run, flow, data, runs.read_history(run), None, metrics)
+    click.echo(str(run))
+
+

@@ -1,0 +1,168 @@
+"""Run folders: where a training run keeps its model, config, metrics and pictures."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from realnvp.flow import Flow, RealNVP
+from realnvp.io import MODEL_FILE, atomic_open, atomic_write_bytes, load
+from realnvp.training import History, TrainConfig
+
+__all__ = ["CONFIG_FILE", "Data", "build_flow", "load_data", "prepare_run_dir", "read_config",
+           "toy_test_data", "write_history", "write_json"]
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+
+
+@dataclass
+class Data:
+    """Rows to train on, with optional labels (for colouring) and where they came from."""
+
+    x: np.ndarray
+    labels: np.ndarray | None
+    columns: list[str]
+    source: dict[str, Any]
+
+    @property
+    def toy(self) -> Any:
+        """The toy distribution the rows were drawn from, or None for a file."""
+        if self.source.get("kind") != "toy":
+            return None
+        from realnvp.datasets import get_toy
+
+        return get_toy(self.source["name"])
+
+
+def load_data(spec: str, columns: Any = None, n: int = 20000, seed: int = 0,
+              n_columns: int | None = None) -> Data:
+    """A toy name (``moons``...) or a table file (CSV, TSV, NPY, Parquet) as float64 rows."""
+    from realnvp.datasets import TOYS, get_toy
+
+    if spec in TOYS and not Path(spec).exists():
+        if columns:
+            raise ValueError(f"--columns applies to files; {spec!r} is a toy data set")
+        x, labels = get_toy(spec).sample(int(n), seed=int(seed))
+        source = {"kind": "toy", "name": spec, "n": int(n), "seed": int(seed)}
+        return Data(x.numpy(), labels.numpy(), ["x", "y"], source)
+    path = Path(spec)
+    looks_like_file = path.suffix or "/" in spec or path.exists()
+    if not looks_like_file:
+        get_toy(spec)  # raises "Unknown toy ...; expected one of ..."
+    from realnvp.datasets.files import load_table
+
+    table = load_table(path, columns=columns, n_columns=n_columns)
+    source = {"kind": "file", "path": str(path.resolve()), "columns": table.columns}
+    return Data(table.data, None, list(table.columns), source)
+
+
+def toy_test_data(data: Data, n: int = 20000) -> tuple[np.ndarray, np.ndarray] | None:
+    """Fresh samples of the same toy (another seed) and their true log-density."""
+    toy = data.toy
+    if toy is None:
+        return None
+    x, _ = toy.sample(n, seed=int(data.source["seed"]) + 10_000)
+    return x.numpy(), toy.log_prob(x).numpy()
+
+
+def build_flow(config: TrainConfig, dim: int) -> Flow:
+    """The flow a config describes, for ``dim`` features."""
+    return RealNVP(
+        dim=dim, n_layers=config.layers, hidden=tuple(config.hidden), coupling=config.coupling,
+        activation=config.activation, scale_bound=config.scale_bound,
+        permutation=config.permutation, actnorm=config.actnorm, seed=config.seed,
+    )
+
+
+def prepare_run_dir(out: Path, force: bool) -> Path:
+    """Check that ``out`` may be written (refuse an existing run unless ``force``)."""
+    if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"{out}: exists and is not a folder")
+        if any(out.iterdir()) and not force:
+            raise ValueError(f"{out}: run folder already exists; use --force to overwrite it "
+                             "or --out to choose another")
+    parent = out.parent
+    if parent.exists() and not parent.is_dir():
+        raise ValueError(f"{parent}: not a folder")
+    return out
+
+
+def create_run_dir(out: Path, force: bool) -> Path:
+    """Create the (empty) run folder, removing an old run first when ``force``."""
+    if out.exists() and force:
+        shutil.rmtree(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{out}: cannot create run folder ({e.strerror or e})") from None
+    return out
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically (NaN becomes null)."""
+    atomic_write_bytes(path, json.dumps(_clean(obj), indent=2).encode() + b"\n")
+
+
+def _clean(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        value = float(obj)
+        return value if math.isfinite(value) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def write_history(path: Path, history: History) -> None:
+    """``metrics.csv``: step, train NLL, validation NLL, learning rate, elapsed seconds."""
+    with atomic_open(path, "w", newline="") as f:
+        f.write("step,train_nll,val_nll,lr,seconds\n")
+        for r in history.records:
+            f.write(f"{r['step']},{r['train_nll']:.6f},{r['val_nll']:.6f},{r['lr']:.6g},"
+                    f"{r['seconds']:.3f}\n")
+
+
+def read_config(run: Path) -> dict[str, Any]:
+    """The resolved config a run was trained with."""
+    path = run / CONFIG_FILE
+    if not run.is_dir():
+        raise ValueError(f"{run}: no such run folder")
+    if not path.is_file():
+        raise ValueError(f"{run}: not a run folder (no {CONFIG_FILE})")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path}: unreadable config ({e})") from None
+
+
+def load_run(run: Path) -> tuple[Flow, dict[str, Any]]:
+    """The trained flow of a run folder and its config."""
+    config = read_config(run)
+    flow = load(run if (run / MODEL_FILE).exists() else run)
+    return flow, config
+
+
+def read_history(run: Path) -> Any:
+    """The run's ``metrics.csv`` as a DataFrame, or None."""
+    import pandas as pd
+
+    path = run / METRICS_FILE
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def as_tensor(x: np.ndarray, flow: Flow) -> torch.Tensor:
+    """Rows as a tensor in the flow's dtype and device."""
+    anchor = flow.base._anchor
+    return torch.as_tensor(x).to(device=anchor.device, dtype=anchor.dtype)
