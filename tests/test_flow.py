@@ -16,6 +16,7 @@ CONFIGS = {
     "additive-reverse": {"coupling": "additive", "permutation": "reverse"},
     "half-random-learnbase": {"mask": "half", "permutation": "random", "learn_base": True},
     "batchnorm": {"batchnorm": True},
+    "spline": {"coupling": "spline", "bins": 5},
 }
 
 

@@ -26,6 +26,7 @@ from realnvp.bijections import (
     alternating_mask,
     half_mask,
 )
+from realnvp.bijections.spline import RationalQuadraticCoupling
 from realnvp.distributions import DiagonalNormal, StandardNormal
 
 __all__ = ["ARCHITECTURES", "Flow", "RealNVP", "architecture"]
@@ -219,6 +220,8 @@ def RealNVP(  # noqa: N802 - a builder named like the class of model it makes
     context_features: int = 0,
     standardize: bool = True,
     seed: int = 0,
+    bins: int = 8,
+    spline_bound: float = 5.0,
 ) -> Flow:
     r"""The RealNVP flow (Dinh, Sohl-Dickstein & Bengio 2016, arXiv:1605.08803).
 
@@ -232,7 +235,8 @@ def RealNVP(  # noqa: N802 - a builder named like the class of model it makes
         n_layers: number of coupling layers.
         hidden: hidden sizes of each coupling's conditioner network.
         activation: conditioner activation (``relu``, ``gelu``, ``silu``, ``tanh``, ...).
-        coupling: ``affine`` (RealNVP) or ``additive`` (NICE).
+        coupling: ``affine`` (RealNVP), ``additive`` (NICE) or ``spline`` (rational-quadratic,
+            Durkan et al. 2019), all on the same coupling skeleton.
         mask: ``alternating`` (even/odd features) or ``half`` (first/second half).
         scale_bound: log-scales are bounded smoothly to ``(-c, c)``; ``None`` for no bound.
         permutation: between couplings: ``none``, ``reverse``, ``random`` or ``lu``
@@ -243,6 +247,8 @@ def RealNVP(  # noqa: N802 - a builder named like the class of model it makes
         context_features: features of a conditioning input (conditional flow), 0 for none.
         standardize: start with a :class:`Standardize` layer (set by :func:`realnvp.fit`).
         seed: seeds random permutations, so a rebuilt flow is identical.
+        bins: number of spline bins (``coupling="spline"`` only).
+        spline_bound: splines act on ``[-B, B]`` (standardised units), identity outside.
 
     Example:
         >>> flow = RealNVP(dim=3, n_layers=4, hidden=(32, 32))
@@ -256,7 +262,8 @@ def RealNVP(  # noqa: N802 - a builder named like the class of model it makes
         raise ValueError(f"Expected n_layers >= 1; got {n_layers}")
     if permutation not in _PERMUTATIONS:
         raise ValueError(f"Expected permutation in {list(_PERMUTATIONS)}; got {permutation!r}")
-    couplings = {"affine": AffineCoupling, "additive": AdditiveCoupling}
+    couplings = {"affine": AffineCoupling, "additive": AdditiveCoupling,
+                 "spline": RationalQuadraticCoupling}
     if coupling not in couplings:
         raise ValueError(f"Expected coupling in {sorted(couplings)}; got {coupling!r}")
     if mask not in ("alternating", "half"):
@@ -267,8 +274,13 @@ def RealNVP(  # noqa: N802 - a builder named like the class of model it makes
     for i in range(n_layers):
         if actnorm:
             layers.append(ActNorm(dim))
+        extra: dict[str, Any] = {}
+        if coupling == "affine":
+            extra = {"scale_bound": scale_bound}
+        elif coupling == "spline":
+            extra = {"bins": bins, "bound": spline_bound}
         layers.append(_coupling(couplings[coupling], dim, i, mask, hidden, activation,
-                                context_features, scale_bound))
+                                context_features, extra))
         if i < n_layers - 1:
             if batchnorm:
                 layers.append(BatchNorm(dim))
@@ -280,7 +292,7 @@ def RealNVP(  # noqa: N802 - a builder named like the class of model it makes
 
 def _coupling(
     kind: type, dim: int, i: int, mask: str, hidden: Sequence[int], activation: str,
-    context_features: int, scale_bound: float | None,
+    context_features: int, extra: dict[str, Any],
 ) -> Bijection:
     if dim == 1:
         m = torch.zeros(1, dtype=torch.bool)
@@ -288,7 +300,6 @@ def _coupling(
         m = alternating_mask(dim, parity=i % 2)
     else:
         m = half_mask(dim, first=i % 2 == 0)
-    extra = {"scale_bound": scale_bound} if kind is AffineCoupling else {}
     return kind(m, tuple(hidden), activation, context_features, **extra)
 
 

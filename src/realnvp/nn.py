@@ -60,6 +60,10 @@ class MLP(nn.Sequential):
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
 
+    def flat_parameters(self) -> list[Tensor]:
+        """``[W_1, b_1, W_2, b_2, ...]`` of the linear layers, input to output."""
+        return [p for m in self if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
+
 
 def _linear(a: int, b: int) -> nn.Linear:
     """``nn.Linear`` that also accepts zero input features (then it is a learned constant)."""

@@ -94,9 +94,15 @@ def _numpy(t: Tensor) -> np.ndarray:
     return t.detach().to("cpu", torch.float64).numpy()
 
 
-def _points(data: Any, dim: int | None = None, what: str = "data") -> np.ndarray:
+def _points(data: Any, dim: int | None = None, what: str = "data",
+            drop_nonfinite: bool = False) -> np.ndarray:
+    """Rows as a float64 array; ``drop_nonfinite`` skips NaN/inf rows (a diverged model's
+    samples) instead of refusing them."""
     if isinstance(data, Tensor):
-        data = data.detach()
+        data = data.detach().cpu()
+    if drop_nonfinite:
+        array = np.asarray(data, dtype=np.float64)
+        data = array[np.isfinite(array).all(1)] if array.ndim == 2 else array
     return _numpy(as_float_tensor(data, dim, what))
 
 
@@ -255,7 +261,7 @@ def plot_samples(data: Any, samples: Any, labels: Any = None,
         >>> [ax.get_title() for ax in fig.axes]
         ['Training data (n=50)', 'Flow samples (n=60)']
     """
-    x, s = _points(data), _points(samples, None, "samples")
+    x, s = _points(data), _points(samples, None, "samples", drop_nonfinite=True)
     if s.shape[1] != x.shape[1]:
         raise ValueError(f"Expected samples with {x.shape[1]} features; got {s.shape[1]}")
     if x.shape[1] != 2:
@@ -295,7 +301,7 @@ def plot_pairs(data: Any, samples: Any = None, labels: Any = None, max_features:
     """
     x = _points(data)
     lab = _labels(labels, x.shape[0])
-    s = None if samples is None else _points(samples, x.shape[1], "samples")
+    s = None if samples is None else _points(samples, x.shape[1], "samples", True)
     k = max(1, min(x.shape[1], int(max_features)))
     x, lab = _subsample(x, lab, max_points)
     if s is not None:
@@ -311,7 +317,7 @@ def plot_pairs(data: Any, samples: Any = None, labels: Any = None, max_features:
         fig.legend(handles=handles, loc="outside lower center", fontsize=8, frameon=False,
                    ncols=len(handles))
     shown = f"first {k} of {x.shape[1]} features" if k < x.shape[1] else f"{k} features"
-    fig.suptitle(f"{title or 'Pair plot'} ({shown})")
+    fig.suptitle(f"{title or 'Pair plot'}\n({shown})")
     return fig
 
 
@@ -411,8 +417,8 @@ def plot_latent(flow: Flow, data: Any, labels: Any = None, n_samples: int = 2000
         >>> import realnvp
         >>> fig = plot_latent(realnvp.RealNVP(dim=2, n_layers=2), torch.randn(30, 2),
         ...                   n_samples=30)
-        >>> len(fig.axes)  # two panels and a colour bar
-        3
+        >>> [ax.get_xlabel() for ax in fig.axes]
+        ['$z_1$', '$x_1$']
     """
     _check_flow(flow)
     x = _points(data, flow.dim)
@@ -630,7 +636,8 @@ def _plot_nll(ax: Axes, step: np.ndarray, train: np.ndarray, df: pd.DataFrame) -
         smooth = pd.Series(train).rolling(window, center=True, min_periods=1).mean()
         handles += ax.plot(step, smooth, color=DATA_COLOR, lw=1.6, label="train NLL (smoothed)")
     else:
-        handles += ax.plot(step, train, color=DATA_COLOR, lw=1.6, label="train NLL")
+        handles += ax.plot(step, train, color=DATA_COLOR, lw=1.6, label="train NLL",
+                           marker="o" if len(train) <= 30 else None, ms=3)
     values = [train]
     if "val_nll" in df and df["val_nll"].notna().any():
         val = df.dropna(subset=["val_nll"])
@@ -737,6 +744,8 @@ def save_training_gif(snapshots: TrainingSnapshots, path: str | Path, fps: int =
     step; the last frame is held for 1.5 s. The colour scale is fixed by the final frame.
     Written atomically.
     """
+    if fps <= 0 or max_frames < 1:
+        raise ValueError(f"Expected fps > 0 and max_frames >= 1; got {fps} and {max_frames}")
     frames = _evenly(snapshots.frames, max_frames)
     if not frames:
         raise ValueError("Expected at least one recorded snapshot; got none "
@@ -834,7 +843,8 @@ def save_all_plots(run_dir: str | Path, flow: Flow, data: Any, labels: Any = Non
     x = _points(data, flow.dim)
     lab = _labels(labels, x.shape[0])
     with _evaluating(flow):
-        samples = _numpy(flow.sample(int(n_samples), generator=torch.Generator().manual_seed(seed)))
+        n = min(int(n_samples), x.shape[0])  # as many samples as data: a fair comparison
+        samples = _numpy(flow.sample(n, generator=torch.Generator().manual_seed(seed)))
     out: dict[str, Path] = {}
     figures: Mapping[str, Callable[[], Figure]] = {
         "data_vs_samples": lambda: plot_samples(x, samples, lab),

@@ -11,6 +11,7 @@ from realnvp.bijections.masks import (
 )
 from realnvp.bijections.normalization import ActNorm, BatchNorm
 from realnvp.bijections.permutation import LULinear, Permutation, RandomPermutation, Reverse
+from realnvp.bijections.spline import RationalQuadraticCoupling
 from realnvp.bijections.standardize import Standardize
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "LULinear",
     "Permutation",
     "RandomPermutation",
+    "RationalQuadraticCoupling",
     "Reverse",
     "Standardize",
     "alternating_mask",

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from realnvp.bijections._fused import FUSED_ACTIVATIONS, fused_affine
 from realnvp.bijections.base import Bijection
 from realnvp.nn import MLP
 
@@ -53,6 +54,20 @@ class Coupling(Bijection):
         n_in = int(mask.sum()) + self.context_features
         n_out = int((~mask).sum()) * self.params_per_feature
         self.conditioner = MLP(n_in, n_out, hidden, activation)
+        self.activation = activation
+        self._refresh_slices()
+        self.register_load_state_dict_post_hook(lambda module, _: module._refresh_slices())
+
+    def _refresh_slices(self) -> None:
+        """Views instead of gathers when kept/transformed indices are evenly spaced."""
+        self._kept_slice = _as_slice(self.kept)
+        self._transformed_slice = _as_slice(self.transformed)
+
+    def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        ks, ts = self._kept_slice, self._transformed_slice
+        x1 = x[:, ks] if ks is not None else x.index_select(1, self.kept)
+        x2 = x[:, ts] if ts is not None else x.index_select(1, self.transformed)
+        return x1, x2
 
     def _params(self, x1: Tensor, context: Tensor | None) -> Tensor:
         if self.input_bound is not None:
@@ -66,16 +81,19 @@ class Coupling(Bijection):
         return self.conditioner(x1)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x1 = x.index_select(1, self.kept)
-        x2 = x.index_select(1, self.transformed)
-        y2, log_det = self._transform(x2, self._params(x1, context))
+        x1, x2 = self._split(x)
+        y2, log_det = self._forward_transformed(x1, x2, context)
         return x.index_copy(1, self.transformed, y2), log_det
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        z1 = z.index_select(1, self.kept)
-        z2 = z.index_select(1, self.transformed)
+        z1, z2 = self._split(z)
         x2, log_det = self._untransform(z2, self._params(z1, context))
         return z.index_copy(1, self.transformed, x2), log_det
+
+    def _forward_transformed(
+        self, x1: Tensor, x2: Tensor, context: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        return self._transform(x2, self._params(x1, context))
 
     def _transform(self, x2: Tensor, params: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -117,6 +135,25 @@ class AffineCoupling(Coupling):
             raise ValueError(f"Expected a positive scale_bound or None; got {scale_bound}")
         self.scale_bound = scale_bound
 
+    def _forward_transformed(
+        self, x1: Tensor, x2: Tensor, context: Tensor | None
+    ) -> tuple[Tensor, Tensor]:
+        if self.activation not in FUSED_ACTIVATIONS or self.conditioner._forward_hooks:
+            return super()._forward_transformed(x1, x2, context)
+        if self.context_features:
+            if context is None:
+                raise ValueError(
+                    f"Expected a context of {self.context_features} features; got None"
+                )
+            if self.input_bound is not None:  # bound x1 only, never the context
+                x1 = torch.tanh(x1 * (1.0 / self.input_bound)) * self.input_bound
+            x1 = torch.cat([x1, context], dim=-1)
+            bound = None
+        else:
+            bound = self.input_bound
+        params = self.conditioner.flat_parameters()
+        return fused_affine(x1, x2, params, bound, self.scale_bound, self.activation)
+
     def _scale_shift(self, params: Tensor) -> tuple[Tensor, Tensor]:
         s, t = params.chunk(2, dim=-1)
         if self.scale_bound is not None:
@@ -150,3 +187,16 @@ class AdditiveCoupling(Coupling):
         return z2 - params, z2.new_zeros(z2.shape[0])
 
 
+
+
+def _as_slice(index: Tensor) -> slice | None:
+    """``slice(start, stop, step)`` equal to a non-empty, evenly spaced index, else None."""
+    values = index.tolist()
+    if not values:
+        return None
+    if len(values) == 1:
+        return slice(values[0], values[0] + 1, 1)
+    step = values[1] - values[0]
+    if step < 1 or any(b - a != step for a, b in zip(values[:-1], values[1:], strict=True)):
+        return None
+    return slice(values[0], values[-1] + 1, step)

@@ -326,65 +326,56 @@ class Checkerboard(Toy):
     def _log_prob(self, x: Tensor) -> Tensor:
         cell = torch.floor(x / 2.0)
         inside = ((cell >= -2) & (cell <= 1)).all(-1) & (cell.sum(-1).remainder(2) == 0)
-        return torch.where(inside, -math.log(32.0), -math.inf)
+        log_density = torch.tensor(-math.log(32.0), dtype=_F64, device=x.device)
+        return torch.where(inside, log_density, -math.inf)
 
 
 # ---------------------------------------------------------------------------------------
 # Curve toys: a density along a curve, blurred, by quadrature over the curve parameter
 # ---------------------------------------------------------------------------------------
 
-_GL_ORDER = 8
-_PRUNE_NATS = 40.0  # panels whose bound is this far below the best are skipped (e^-40)
+_PRUNE_NATS = 32.0  # panels whose bound is this far below the best are skipped (e^-32)
 _MAX_LEVEL = 6  # far points use up to 4**6 times more panels
 _END_GRADING = 20  # geometric panels at each end of a curve, down to 2**-20 of a panel
 
 
 @dataclass(frozen=True)
 class _Kernel:
-    r"""The blur added to a point of the curve: Gaussian with standard deviation ``sigma``,
+    r"""The blur added to a point of the curve: Gaussian with standard deviation ``sigma``
     after an optional uniform jitter on the square :math:`[0, w]^2` (``box = w``).
 
     With the jitter, each coordinate has density
-    :math:`q_1(z) = \frac1w[\Phi(z/s) - \Phi((z - w)/s)]`, evaluated in log space.
-    Either way :math:`\log k(z) \le -\log(2\pi s^2) - (|z - c| - h)_+^2/(2s^2)` with
-    :math:`c` the square's centre and :math:`h` its half-diagonal; pruning uses this.
+    :math:`q_1(z) = \frac1w[\Phi(z/s) - \Phi((z - w)/s)]`, evaluated in log space by
+    :func:`_log_box_normal`. Either way
+    :math:`k(z) \le \exp(-d(z, [0, w]^2)^2 / 2s^2) / 2\pi s^2`, which pruning uses.
     """
 
     sigma: float
     box: float = 0.0
 
     @property
-    def centre(self) -> float:
-        return self.box / 2
-
-    @property
-    def reach(self) -> float:
-        return self.box / _SQRT2
-
-    @property
     def log_max(self) -> float:
         return -_LOG_2PI - 2 * math.log(self.sigma)
 
-    def log(self, z: Tensor) -> Tensor:
-        """``log k(z)`` summed over the last axis (size 2)."""
+    def log(self, zx: Tensor, zy: Tensor) -> Tensor:
+        """``log k(z)`` at ``z = (zx, zy)`` (coordinates kept apart for speed)."""
         if self.box == 0.0:
-            return -0.5 * z.square().sum(-1) / self.sigma**2 + self.log_max
-        a = z / self.sigma
-        per_axis = _log_ndtr_diff(a, a - self.box / self.sigma) - math.log(self.box)
-        return per_axis.sum(-1)
+            return (zx.square() + zy.square()) * (-0.5 / self.sigma**2) + self.log_max
+        shift, width = self.box / 2, self.box / self.sigma
+        log_x = _log_box_normal((zx - shift) / self.sigma, width)
+        log_y = _log_box_normal((zy - shift) / self.sigma, width)
+        return log_x + log_y - 2 * math.log(self.box)
 
 
-def _log_ndtr_diff(a: Tensor, b: Tensor) -> Tensor:
-    r""":math:`\log(\Phi(a) - \Phi(b))` for :math:`a > b`, accurate in both tails.
+def _log_box_normal(m: Tensor, width: float) -> Tensor:
+    r""":math:`\log(\Phi(m + \delta) - \Phi(m - \delta))` with :math:`\delta` = ``width / 2``.
 
-    Mirroring to :math:`\Phi(-b) - \Phi(-a)` when :math:`a + b > 0` keeps both terms in
-    the lower tail, where ``erfc`` has full relative precision and the two never nearly
-    cancel for a bounded gap :math:`a - b`; far in the tail the scaled ``erfcx`` is used.
+    By symmetry this equals :math:`\log(\Phi(-|m| + \delta) - \Phi(-|m| - \delta))`, two
+    lower-tail values that ``erfc`` gives to full relative precision and that never nearly
+    cancel; far in the tail, where ``erfc`` underflows, the scaled ``erfcx`` takes over.
     """
-    flip = a + b > 0
-    hi = torch.where(flip, -b, a)
-    lo = torch.where(flip, -a, b)
-    u, v = -hi / _SQRT2, -lo / _SQRT2  # v > u and u + v >= 0
+    u = (m.abs() - width / 2) / _SQRT2
+    v = u + width / _SQRT2
     out = torch.log(torch.erfc(u) - torch.erfc(v)) - math.log(2.0)
     far = u > 20.0  # erfc underflows near 26.5
     if bool(far.any()):
@@ -399,10 +390,18 @@ class _Nodes:
     """Composite Gauss-Legendre nodes of one refinement level, grouped in panels."""
 
     log_w: Tensor  # (panels, order): log(quadrature weight * parameter density)
-    points: Tensor  # (panels, order, 2): the curve at the nodes
-    centre: Tensor  # (panels, 2)
-    radius: Tensor  # (panels,): max distance of a panel's nodes from its centre
+    px: Tensor  # (panels, order): the curve at the nodes, first coordinate
+    py: Tensor  # (panels, order): second coordinate
+    low_x: Tensor  # (panels,): the box holding every node plus the jitter square...
+    low_y: Tensor
+    high_x: Tensor
+    high_y: Tensor  # ...low and high corners
     log_mass: Tensor  # (panels,): logsumexp of log_w over the panel
+
+    def to(self, device: torch.device) -> _Nodes:
+        if self.log_w.device == device:
+            return self
+        return _Nodes(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
 
 
 class _CurveDensity:
@@ -411,12 +410,14 @@ class _CurveDensity:
     .. math:: p(x) = \int_{t_0}^{t_1} w(t)\, k(x - c(t))\, dt
               \approx \sum_j W_j\, w(t_j)\, k(x - c(t_j)).
 
-    Composite Gauss-Legendre of order 8 on ``panels`` panels of equal arc length, summed
-    with ``logsumexp``. Two devices keep it fast and accurate: panels whose upper bound
-    (from :class:`_Kernel`) is ``e^-40`` below the best panel's exact sum are skipped, and
-    a point at distance :math:`r` beyond ``radius`` uses :math:`4^\ell` times more
-    panels for :math:`\ell = \lceil \log_4(r / \text{radius}) \rceil` (at most 6), because
-    the integrand's peak in :math:`t` narrows like :math:`1/\sqrt r` far away.
+    Composite Gauss-Legendre of order 8 on ``panels`` panels of equal arc length, the two
+    end panels split geometrically (beyond an end of the curve the integrand falls off
+    exponentially), summed with ``logsumexp``. For speed, a panel is skipped when the
+    kernel's bound (distance from ``x`` to the box around the panel's nodes) puts its
+    whole sum ``e^-32`` below the best panel's exact sum. A point at distance :math:`r`
+    from the origin beyond ``radius`` uses :math:`4^\ell` times more panels,
+    :math:`\ell = \lceil \log_4(r / \text{radius}) \rceil \le 6`, as the integrand's peak
+    in :math:`t` narrows like :math:`1/\sqrt r` far away.
     """
 
     def __init__(
@@ -427,9 +428,10 @@ class _CurveDensity:
         kernel: _Kernel,
         panels: int,
         radius: float,
+        order: int = 12,
     ) -> None:
         self.curve, self.log_weight, self.span = curve, log_weight, span
-        self.kernel, self.panels, self.radius = kernel, panels, radius
+        self.kernel, self.panels, self.radius, self.order = kernel, panels, radius, order
         self._levels: dict[int, _Nodes] = {}
 
     def nodes(self, level: int) -> _Nodes:
@@ -444,20 +446,20 @@ class _CurveDensity:
         steps = torch.linalg.vector_norm(self.curve(fine).diff(dim=0), dim=-1)
         arc = torch.cat([torch.zeros(1, dtype=_F64), steps.cumsum(0)]).numpy()
         edges = np.interp(np.linspace(0.0, arc[-1], panels + 1), arc, fine.numpy())
-        # Near an end of the curve the integrand can fall off exponentially fast (points
-        # beyond the end), so the end panels are split geometrically towards the end.
         ratios = 0.5 ** np.arange(_END_GRADING, 0, -1)
         first = edges[0] + (edges[1] - edges[0]) * ratios
         last = edges[-1] - (edges[-1] - edges[-2]) * ratios[::-1]
         edges = torch.from_numpy(np.concatenate([edges[:1], first, edges[1:-1], last, edges[-1:]]))
-        x_gl, w_gl = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(_GL_ORDER))
+        x_gl, w_gl = (torch.from_numpy(a) for a in np.polynomial.legendre.leggauss(self.order))
         half = (edges[1:] - edges[:-1])[:, None] / 2
         t = (edges[1:] + edges[:-1])[:, None] / 2 + half * x_gl
         log_w = torch.log(half * w_gl) + self.log_weight(t)
-        points = self.curve(t)
-        centre = points.mean(1)
-        radius = torch.linalg.vector_norm(points - centre[:, None], dim=-1).amax(1)
-        return _Nodes(log_w, points, centre, radius, torch.logsumexp(log_w, dim=1))
+        px, py = self.curve(t).unbind(-1)
+        box = self.kernel.box
+        return _Nodes(
+            log_w, px, py, px.amin(1), py.amin(1), px.amax(1) + box, py.amax(1) + box,
+            torch.logsumexp(log_w, dim=1),
+        )
 
     def log_prob(self, x: Tensor, extra_levels: int = 0) -> Tensor:
         """``log p(x)`` for finite ``x`` (batch, 2); ``extra_levels`` refines everywhere."""
@@ -467,30 +469,25 @@ class _CurveDensity:
         out = torch.empty_like(r)
         for lvl in torch.unique(level).tolist():
             idx = (level == lvl).nonzero().squeeze(1)
-            nodes = self._on(self.nodes(lvl), x.device)
-            chunk = max(64, 2**18 // nodes.centre.shape[0])
-            for part in idx.split(chunk):
-                out[part] = self._log_prob_chunk(x[part], nodes)
+            nodes = self.nodes(lvl).to(x.device)
+            for part in idx.split(max(16, 2**15 // nodes.log_mass.shape[0])):
+                out[part] = self._log_prob_chunk(x[part, 0], x[part, 1], nodes)
         return out
 
-    @staticmethod
-    def _on(nodes: _Nodes, device: torch.device) -> _Nodes:
-        if nodes.log_w.device == device:
-            return nodes
-        return _Nodes(*(getattr(nodes, f).to(device) for f in _Nodes.__dataclass_fields__))
-
-    def _log_prob_chunk(self, x: Tensor, nodes: _Nodes) -> Tensor:
-        k = self.kernel
-        dist = torch.linalg.vector_norm(x[:, None, :] - k.centre - nodes.centre, dim=-1)
-        gap = (dist - nodes.radius - k.reach).clamp_min(0.0)
-        bound = nodes.log_mass + k.log_max - 0.5 * gap.square() / k.sigma**2  # (batch, panels)
-        best = self._panel_sum(x, bound.argmax(1), nodes)
+    def _log_prob_chunk(self, x: Tensor, y: Tensor, nodes: _Nodes) -> Tensor:
+        xc, yc = x[:, None], y[:, None]
+        gap_x = (nodes.low_x - xc).clamp_min(0.0) + (xc - nodes.high_x).clamp_min(0.0)
+        gap_y = (nodes.low_y - yc).clamp_min(0.0) + (yc - nodes.high_y).clamp_min(0.0)
+        scale = -0.5 / self.kernel.sigma**2
+        bound = (gap_x.square() + gap_y.square()) * scale + nodes.log_mass
+        best = self._panel_sum(x, y, bound.argmax(1), nodes) - self.kernel.log_max
         row, panel = (bound >= best[:, None] - _PRUNE_NATS).nonzero(as_tuple=True)
-        return _scatter_logsumexp(self._panel_sum(x[row], panel, nodes), row, x.shape[0])
+        sums = self._panel_sum(x[row], y[row], panel, nodes)
+        return _scatter_logsumexp(sums, row, x.shape[0])
 
-    def _panel_sum(self, x: Tensor, panel: Tensor, nodes: _Nodes) -> Tensor:
-        z = x[:, None, :] - nodes.points[panel]
-        return torch.logsumexp(nodes.log_w[panel] + self.kernel.log(z), dim=1)
+    def _panel_sum(self, x: Tensor, y: Tensor, panel: Tensor, nodes: _Nodes) -> Tensor:
+        log_k = self.kernel.log(x[:, None] - nodes.px[panel], y[:, None] - nodes.py[panel])
+        return torch.logsumexp(nodes.log_w[panel] + log_k, dim=1)
 
 
 class _CurveToy(Toy):
@@ -549,8 +546,8 @@ class Moons(_CurveToy):
             log_weight=lambda t: torch.full_like(t, -math.log(math.pi)),
             span=(0.0, math.pi),
             kernel=_Kernel(self.noise),
-            panels=32,
-            radius=2.0,
+            panels=24,
+            radius=3.0,
         )
 
     def _sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -599,8 +596,8 @@ class SwissRoll(_CurveToy):
             log_weight=lambda t: torch.full_like(t, -math.log(length)),
             span=self.span,
             kernel=_Kernel(self.noise),
-            panels=48,
-            radius=4.0,
+            panels=32,
+            radius=6.0,
         )
 
     def _sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -652,8 +649,8 @@ class TwoSpirals(_CurveToy):
             log_weight=lambda u: torch.log(2 * u) - log_norm,
             span=(0.0, self.turns),
             kernel=_Kernel(self.noise, box=self.jitter),
-            panels=80,
-            radius=4.0,
+            panels=56,
+            radius=6.0,
         )
 
     def _sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -735,8 +732,8 @@ class Pinwheel(Toy):
         return log_normal - torch.log(torch.abs(det))
 
     def _log_prob(self, x: Tensor) -> Tensor:
-        rho, psi = _polar(x)
-        rho = rho.clamp_min(1e-12)  # x = 0 has the single preimage f = 0; keep D's bracket
+        norm, psi = _polar(x)
+        rho = (norm / 2).clamp_min(1e-12)  # x = 0 has the one preimage f = 0; keep a bracket
         lower = self._window_lower(rho)
         order = torch.argsort(rho)
         out = torch.empty_like(rho)
@@ -795,32 +792,42 @@ class Pinwheel(Toy):
         offsets = 2 * math.pi * torch.arange(self.blades, dtype=_F64, device=rho.device)
         phase0 = psi[:, None] + offsets / self.blades  # (batch, blades)
         phase = phase0[:, :, None] + self.rate * torch.exp(grid)[:, None, :]
-        positive = rho[:, None, None] * torch.cos(phase) - grid[:, None, :] > 0
+        d = rho[:, None, None] * torch.cos(phase) - grid[:, None, :]  # (batch, blades, grid)
+        positive = d > 0
         row, blade, j = (positive[..., :-1] != positive[..., 1:]).nonzero(as_tuple=True)
-        f1 = self._polish(
-            rho[row], phase0[row, blade], grid[row, j], grid[row, j + 1], positive[row, blade, j]
-        )
+        lo, hi = grid[row, j], grid[row, j + 1]
+        d_lo, d_hi = d[row, blade, j], d[row, blade, j + 1]
+        f1 = self._polish(rho[row], phase0[row, blade], lo, hi, d_lo, d_hi)
         angle = phase0[row, blade] + self.rate * torch.exp(f1)
         f = torch.stack([f1, rho[row] * torch.sin(angle)], dim=-1)
         log_x = self._log_latent(f) - math.log(self.blades)
         return _scatter_logsumexp(log_x, row, rho.shape[0])
 
-    def _polish(self, rho: Tensor, c: Tensor, lo: Tensor, hi: Tensor, lo_pos: Tensor) -> Tensor:
-        """The root of ``D(f) = rho cos(c + rate e^f) - f`` in ``[lo, hi]`` (sign change),
-        by Newton steps that fall back to bisection when they leave the bracket."""
-        f = (lo + hi) / 2
+    def _polish(
+        self, rho: Tensor, c: Tensor, lo: Tensor, hi: Tensor, d_lo: Tensor, d_hi: Tensor
+    ) -> Tensor:
+        """The root of ``D(f) = rho cos(c + rate e^f) - f`` between ``lo`` and ``hi``, where
+        ``D`` changes sign (``D(lo) = d_lo``, ``D(hi) = d_hi``): start at the secant point,
+        take Newton steps, bisect whenever a step would leave the bracket, and stop each
+        root once its step or bracket is below 1e-14."""
+        f = lo + (hi - lo) * d_lo / (d_lo - d_hi)
+        lo_positive = d_lo > 0
+        todo = torch.arange(f.shape[0], device=f.device)
         for _ in range(100):
-            e = self.rate * torch.exp(f)
-            d = rho * torch.cos(c + e) - f
-            slope = -rho * torch.sin(c + e) * e - 1
-            same = (d > 0) == lo_pos
-            lo, hi = torch.where(same, f, lo), torch.where(same, hi, f)
-            newton = f - d / slope
-            inside = (newton > lo) & (newton < hi)
-            nxt = torch.where(inside, newton, (lo + hi) / 2)
-            done = (nxt - f).abs() <= 4e-16 * (1 + f.abs())
-            f = nxt
-            if bool(done.all()):
+            x, r, cc = f[todo], rho[todo], c[todo]
+            e = self.rate * torch.exp(x)
+            d = r * torch.cos(cc + e) - x
+            slope = -r * torch.sin(cc + e) * e - 1
+            same = (d > 0) == lo_positive[todo]
+            a = torch.where(same, x, lo[todo])
+            b = torch.where(same, hi[todo], x)
+            lo[todo], hi[todo] = a, b
+            newton = x - d / slope
+            nxt = torch.where((newton >= a) & (newton <= b), newton, (a + b) / 2)
+            f[todo] = nxt
+            tol = 1e-14 * (1 + x.abs())  # D itself is only good to a few ulps of rho
+            todo = todo[((nxt - x).abs() > tol) & (b - a > tol)]
+            if todo.numel() == 0:
                 break
         return f
 
