@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from registry import randomize
 
 from realnvp.bijections import AffineCoupling, Coupling, alternating_mask, half_mask
+
+from registry import randomize
 
 CASES = {
     "relu-2d": {"mask": alternating_mask(2), "activation": "relu"},

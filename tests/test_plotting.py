@@ -138,7 +138,7 @@ def test_plot_layers_shows_every_stage_named_by_the_flow(moons, flow):
     assert titles[0] == "input: data x"
     for title, name in zip(titles[1:], flow.layer_names(), strict=True):
         assert name in title
-    assert titles[-1].endswith("= latent z")
+    assert titles[-1].endswith("→ latent z")
 
 
 def test_plot_layers_pushes_the_grid_through_the_flow(moons, flow):
@@ -165,7 +165,7 @@ def test_plot_layers_of_a_deep_flow_is_laid_out_in_rows():
 def test_plot_inverse_layers_runs_from_latent_to_data(flow):
     fig = plot_inverse_layers(flow, n=100)
     titles = [ax.get_title() for ax in fig.axes if ax.axison]
-    assert titles[0].startswith("latent") and titles[-1].endswith("= data x")
+    assert titles[0].startswith("latent") and titles[-1].endswith("→ data x")
     assert len(titles) == len(flow.layer_names()) + 1
 
 

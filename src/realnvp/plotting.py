@@ -494,7 +494,7 @@ def plot_layers(flow: Flow, data: Any, labels: Any = None, grid: bool = True,
     lines = _grid_lines(_bounds(x), n_lines) if grid and flow.dim == 2 else None
     stages, grids = _trace(flow, x, lines)
     titles = ["input: data x"] + [f"after {name}" for name in flow.layer_names()]
-    titles[-1] += "\n= latent z"
+    titles[-1] += " → latent z"
     colors, handles = _label_colors(lab)
     suptitle = "Data → latent, layer by layer"
     if flow.dim > 2:
@@ -513,7 +513,7 @@ def plot_inverse_layers(flow: Flow, n: int = 2000, seed: int = 0, grid: bool = T
     Example:
         >>> import realnvp
         >>> fig = plot_inverse_layers(realnvp.RealNVP(dim=2, n_layers=2), n=30)
-        >>> fig.axes[-1].get_title().endswith('= data x')
+        >>> fig.axes[-1].get_title().endswith('→ data x')
         True
     """
     _check_flow(flow)
@@ -524,7 +524,7 @@ def plot_inverse_layers(flow: Flow, n: int = 2000, seed: int = 0, grid: bool = T
     lines = _grid_lines((-3.0, 3.0, -3.0, 3.0), n_lines) if grid and flow.dim == 2 else None
     stages, grids = _trace(flow, eps, lines, inverse=True)
     titles = ["latent z ~ base"] + [f"after inverse of {name}" for name in flow.layer_names()[::-1]]
-    titles[-1] += "\n= data x"
+    titles[-1] += " → data x"
     names = ["z"] + ["h"] * (len(stages) - 2) + ["x"]
     suptitle = "Latent → data, layer by layer (colour = angle of z)"
     return _plot_stages(stages, grids, titles, names, _angle_colors(eps), [], suptitle)

@@ -336,7 +336,8 @@ class Checkerboard(Toy):
 
 _PRUNE_NATS = 32.0  # panels whose bound is this far below the best are skipped (e^-32)
 _MAX_LEVEL = 6  # far points use up to 4**6 times more panels
-_END_GRADING = 20  # geometric panels at each end of a curve, down to 2**-20 of a panel
+_END_GRADING = 20  # geometric panels at each end of a curve...
+_END_RATIO = 0.5  # ...each this fraction of the next
 
 
 @dataclass(frozen=True)
@@ -446,7 +447,7 @@ class _CurveDensity:
         steps = torch.linalg.vector_norm(self.curve(fine).diff(dim=0), dim=-1)
         arc = torch.cat([torch.zeros(1, dtype=_F64), steps.cumsum(0)]).numpy()
         edges = np.interp(np.linspace(0.0, arc[-1], panels + 1), arc, fine.numpy())
-        ratios = 0.5 ** np.arange(_END_GRADING, 0, -1)
+        ratios = _END_RATIO ** np.arange(_END_GRADING, 0, -1)
         first = edges[0] + (edges[1] - edges[0]) * ratios
         last = edges[-1] - (edges[-1] - edges[-2]) * ratios[::-1]
         edges = torch.from_numpy(np.concatenate([edges[:1], first, edges[1:-1], last, edges[-1:]]))
