@@ -123,6 +123,17 @@ def test_plot_density_of_a_log_prob_function():
         plot_density(normal)
 
 
+def test_plot_density_shows_a_flat_density_with_zero_outside():
+    def uniform_square(x: torch.Tensor) -> torch.Tensor:
+        inside = (x.abs() < 1).all(-1)
+        return torch.where(inside, -math.log(4.0), -math.inf)
+
+    image = plot_density(uniform_square, bounds=(-2, 2, -2, 2), resolution=20).images[0]
+    low, high = image.get_clim()
+    assert high == pytest.approx(-math.log(4.0)) and low < high
+    assert set(np.unique(np.asarray(image.get_array()))) == {low, high}
+
+
 def test_plot_latent_has_two_panels_and_an_angle_key(moons, flow):
     fig = plot_latent(flow, moons[0], labels=moons[1], n_samples=200)
     left, right = fig.axes[:2]

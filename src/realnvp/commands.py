@@ -134,8 +134,8 @@ def _train_and_finish(out: Path, flow: Any, data: runs.Data, config: TrainConfig
         columns=data.columns,
     )
     train_seconds = time.perf_counter() - started
-    if snapshots is not None:
-        snapshots.record(config.steps, flow)
+    if snapshots is not None and history.records:
+        snapshots.record(int(history.records[-1]["step"]), flow)
     flow = flow.cpu().eval()
     save(flow, out / MODEL_FILE)
     runs.write_history(out / runs.METRICS_FILE, history)

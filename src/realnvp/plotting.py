@@ -227,7 +227,8 @@ def _color_range(log_p: np.ndarray) -> tuple[float, float]:
     if finite.size == 0:
         return -1.0, 0.0
     top = float(finite.max())
-    return max(float(finite.min()), top - DENSITY_SPAN), top
+    bottom = max(float(finite.min()), top - DENSITY_SPAN)
+    return (top - 1.0 if top - bottom < 1e-6 else bottom), top  # a flat density stays visible
 
 
 def _density_image(ax: Axes, log_p: np.ndarray, bounds: Bounds,
