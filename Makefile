@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 train: $(STAMP)
-	$(BIN)/realnvp train $(ARGS)
+	$(BIN)/realnvp train --force $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -507,9 +507,12 @@ class _CurveToy(Toy):
     def _make_curve(self) -> _CurveDensity:
         """Build the curve density of copy 0."""
 
-    def _log_prob(self, x: Tensor) -> Tensor:
+    def _log_prob(self, x: Tensor, extra_levels: int = 0) -> Tensor:
+        """``extra_levels > 0`` uses a quadrature ``4**extra_levels`` times finer (tests)."""
         parts = [
-            self._curve.log_prob(sign * x + torch.tensor(shift, dtype=_F64, device=x.device))
+            self._curve.log_prob(
+                sign * x + torch.tensor(shift, dtype=_F64, device=x.device), extra_levels
+            )
             for sign, shift in self._copies
         ]
         return torch.logsumexp(torch.stack(parts), dim=0) - math.log(len(parts))
