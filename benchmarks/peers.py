@@ -155,7 +155,7 @@ def _realnvp_train_step(flow: nn.Module, lr: float) -> tuple[Callable[[Tensor], 
     if make is not None:
         return make(flow, lr=lr), "realnvp.training.make_train_step"
     return (_adam_step(flow, lambda x: -flow.log_prob(x).mean(), lr),
-            "plain Adam loop (no fast step in realnvp.training yet)")
+            "same Adam loop as the peers (no realnvp.training.make_train_step yet)")
 
 
 # --- zuko ------------------------------------------------------------------------------

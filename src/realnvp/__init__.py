@@ -20,12 +20,27 @@ from realnvp.flow import ARCHITECTURES, Flow, RealNVP, architecture  # noqa: E40
 from realnvp.io import ModelFileError, load, save  # noqa: E402
 from realnvp.training import History, TrainConfig, fit  # noqa: E402
 
+# --- RealNVPDensity (estimator.py): imported on first use, because scikit-learn adds seconds
+# to ``import realnvp`` (and so to every CLI command) ---
+
+
+def __getattr__(name: str) -> object:
+    if name == "RealNVPDensity":
+        from realnvp.estimator import RealNVPDensity
+
+        return RealNVPDensity
+    raise AttributeError(f"module 'realnvp' has no attribute {name!r}")
+
+
+# --- end RealNVPDensity ---
+
 __all__ = [
     "ARCHITECTURES",
     "Flow",
     "History",
     "ModelFileError",
     "RealNVP",
+    "RealNVPDensity",
     "TrainConfig",
     "__version__",
     "architecture",

@@ -103,7 +103,7 @@ def to_bytes(flow: Flow, extra: dict[str, Any] | None = None) -> bytes:
             "Expected a flow built by a registered architecture (e.g. realnvp.RealNVP); "
             "got a hand-assembled Flow, which cannot be rebuilt from a config"
         )
-    state = {k: v.detach().cpu().contiguous() for k, v in flow.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in flow.state_dict().items()}
     dtype = next((str(v.dtype).removeprefix("torch.") for v in state.values()
                   if v.is_floating_point()), "float32")
     config = {"format": FORMAT, "realnvp_version": __version__, "dtype": dtype, **flow.spec}
@@ -113,12 +113,17 @@ def to_bytes(flow: Flow, extra: dict[str, Any] | None = None) -> bytes:
     return st_save(state, metadata=metadata)
 
 
-def save(flow: Flow, path: str | os.PathLike[str], extra: dict[str, Any] | None = None) -> Path:
+def save(flow: Flow | Any, path: str | os.PathLike[str], extra: dict[str, Any] | None = None
+         ) -> Path:
     """Save ``flow`` to one safetensors file, atomically; returns the path written.
 
     ``path`` may be a file (``.safetensors`` is appended when it has no suffix) or an
     existing folder (then ``model.safetensors`` inside it). The JSON config that rebuilds
     the flow, and the realnvp version, are stored in the file's header.
+
+    ``flow`` may also be a fitted :class:`realnvp.RealNVPDensity`: its flow is saved, with
+    its parameters, ``offset_`` and feature names in ``extra``
+    (``realnvp.RealNVPDensity.load`` rebuilds it; :func:`load` gives its flow).
 
     Example:
         >>> import tempfile, realnvp
@@ -127,6 +132,11 @@ def save(flow: Flow, path: str | os.PathLike[str], extra: dict[str, Any] | None 
         >>> realnvp.load(p).dim
         2
     """
+    # --- RealNVPDensity (estimator.py): save its flow_, its own state in ``extra`` ---
+    if not isinstance(flow, Flow) and hasattr(flow, "_realnvp_extra"):
+        extra = {**flow._realnvp_extra(), **(extra or {})}
+        flow = flow.flow_
+    # --- end RealNVPDensity ---
     target = Path(path)
     if target.is_dir():
         target = target / MODEL_FILE

@@ -697,8 +697,11 @@ class Pinwheel(Toy):
     integrable singularity, and two roots closer than a grid step can be missed; this
     only happens where the Gaussian factor is below about 3e-8 of its peak. Roots whose
     Gaussian factor is :math:`e^{-60}` below the best possible on the circle are skipped
-    (the blades' far tails), and the grid is capped at 16384 points, which makes the
-    result a lower bound beyond :math:`|x| \approx 23` (where :math:`\log p < -600`).
+    (the blades' far tails). Beyond :math:`|x| \approx 23` (where :math:`\log p < -600`)
+    the blades wind faster than a grid of 16384 points, or float64, can follow; there
+    ``log_prob`` is the mean of the density around the circle through :math:`x`, which is
+    the radial density of :math:`2|f|` over :math:`2\pi|x|` (Laplace's method in the angle
+    of :math:`f`, relative error below 1e-4).
 
     Example:
         >>> toy = Pinwheel()
@@ -745,8 +748,12 @@ class Pinwheel(Toy):
         norm, psi = _polar(x)
         rho = (norm / 2).clamp_min(1e-12)  # x = 0 has the one preimage f = 0; keep a bracket
         lower = self._window_lower(rho)
-        order = torch.argsort(rho)
         out = torch.empty_like(rho)
+        span = self._s(rho) - self._s(lower)  # inf when exp overflows, far away
+        far = span > self._grid_step * self._max_grid
+        out[far] = self._log_prob_far(rho[far])
+        near = (~far).nonzero().squeeze(1)
+        order = near[torch.argsort(rho[near])]
         start = 0
         while start < len(order):
             size = 2048  # halved until (points x blades x grid) fits in 2**21 numbers
@@ -759,6 +766,21 @@ class Pinwheel(Toy):
             out[part] = self._log_prob_chunk(rho[part], psi[part], lower[part])
             start += len(part)
         return out
+
+    def _log_prob_far(self, rho: Tensor) -> Tensor:
+        r"""The mean of the density around the circle :math:`|x| = 2\rho`: the density of
+        :math:`|f| = \rho` (Laplace's method in the angle of :math:`f`), halved for
+        :math:`|x| = 2|f|`, over the circle's length :math:`4\pi\rho`."""
+        a2, b2 = self.radial_std**2, self.tangential_std**2
+        curvature = rho.square() / b2 - rho * (rho - 1) / a2
+        log_radius = (
+            torch.log(rho)
+            - 0.5 * (rho - 1).square() / a2
+            - _LOG_2PI
+            - 0.5 * math.log(a2 * b2)
+            + 0.5 * (_LOG_2PI - torch.log(curvature))
+        )
+        return log_radius - math.log(2.0) - torch.log(4 * math.pi * rho)
 
     def _window_lower(self, rho: Tensor) -> Tensor:
         r"""Smallest :math:`f_1` worth searching: the Gaussian bound on the circle,
@@ -779,8 +801,7 @@ class Pinwheel(Toy):
         return f + self.rate * torch.exp(f)
 
     def _grid_size(self, lower: Tensor, rho: Tensor) -> int:
-        span = float(self._s(rho) - self._s(lower))
-        return min(self._max_grid, math.ceil(span / self._grid_step) + 2)
+        return math.ceil(float(self._s(rho) - self._s(lower)) / self._grid_step) + 2
 
     def _s_inverse(self, s: Tensor) -> Tensor:
         """Solve ``f + rate * exp(f) = s`` by Newton from the right (convex, so monotone)."""

@@ -46,10 +46,10 @@ def save_checkpoint(
     """
     tensors: dict[str, Tensor] = {}
     for k, v in flow.state_dict().items():
-        tensors[f"model.{k}"] = v.detach().cpu().contiguous()
+        tensors[f"model.{k}"] = v.detach().cpu().clone()
     if best_state is not None:
         for k, v in best_state.items():
-            tensors[f"best.{k}"] = v.detach().cpu().contiguous()
+            tensors[f"best.{k}"] = v.detach().cpu().clone()
     opt_state = optimizer.state_dict()
     for idx, state in opt_state["state"].items():
         for key, value in state.items():

@@ -135,12 +135,47 @@ def _lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], flo
     return factor
 
 
-def _make_optimizer(flow: Flow, lr: float, weight_decay: float, device: torch.device) -> Any:
-    params = [p for p in flow.parameters() if p.requires_grad]
+class _FlatParameters:
+    """All trainable parameters as views into one flat buffer, their gradients likewise.
+
+    Adam, gradient clipping and zeroing then run as a few kernels on one tensor instead of
+    a Python loop over every weight and bias: per step, that is most of the optimiser's
+    cost at the sizes of low-dimensional flows. The module keeps its parameters (now views),
+    so ``state_dict``, saving and loading are unchanged.
+    """
+
+    def __init__(self, flow: Flow) -> None:
+        params = [p for p in flow.parameters() if p.requires_grad]
+        dtype, device = params[0].dtype, params[0].device
+        total = sum(p.numel() for p in params)
+        self.value = torch.nn.Parameter(torch.empty(total, dtype=dtype, device=device))
+        self.value.grad = torch.zeros(total, dtype=dtype, device=device)
+        offset = 0
+        with torch.no_grad():
+            for p in params:
+                n = p.numel()
+                self.value[offset : offset + n].copy_(p.reshape(-1))
+                p.data = self.value.data[offset : offset + n].view_as(p)
+                p.grad = self.value.grad[offset : offset + n].view_as(p)
+                offset += n
+
+    def zero_grad(self) -> None:
+        assert self.value.grad is not None
+        self.value.grad.zero_()
+
+    def clip(self, max_norm: float) -> Tensor:
+        """Scale the gradient to norm ``max_norm`` at most; returns the norm before."""
+        assert self.value.grad is not None
+        norm = torch.linalg.vector_norm(self.value.grad)
+        self.value.grad.mul_((max_norm / (norm + 1e-6)).clamp(max=1.0))
+        return norm
+
+
+def _make_optimizer(params: _FlatParameters, lr: float, weight_decay: float) -> Any:
     try:
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
+        return torch.optim.Adam([params.value], lr=lr, weight_decay=weight_decay, fused=True)
     except (RuntimeError, TypeError, ValueError):
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+        return torch.optim.Adam([params.value], lr=lr, weight_decay=weight_decay, foreach=True)
 
 
 class _Batches:
@@ -222,7 +257,8 @@ def fit(
     flow.to(dev)
     train, val = train.to(dev), (val.to(dev) if val is not None else None)
 
-    optimizer = _make_optimizer(flow, lr, weight_decay, dev)
+    flat = _FlatParameters(flow)
+    optimizer = _make_optimizer(flat, lr, weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(warmup, steps, min_lr_ratio)
     )
@@ -250,16 +286,16 @@ def fit(
             loss = _loss(flow, xb)
             if not torch.isfinite(loss):
                 bad_in_row = _skip(history, step, bar, f"non-finite loss ({float(loss)})",
-                                   bad_in_row, max_bad_steps, optimizer)
+                                   bad_in_row, max_bad_steps, flat)
                 scheduler.step()
                 continue
-            optimizer.zero_grad(set_to_none=True)
+            flat.zero_grad()
             loss.backward()
             if clip_grad > 0:
-                norm = torch.nn.utils.clip_grad_norm_(flow.parameters(), clip_grad)
+                norm = flat.clip(clip_grad)
                 if not torch.isfinite(norm):
                     bad_in_row = _skip(history, step, bar, "non-finite gradient", bad_in_row,
-                                       max_bad_steps, optimizer)
+                                       max_bad_steps, flat)
                     scheduler.step()
                     continue
             optimizer.step()
@@ -321,9 +357,9 @@ def _loss(flow: Flow, xb: Tensor) -> Tensor:
 
 
 def _skip(history: History, step: int, bar: Any, why: str, bad_in_row: int, limit: int,
-          optimizer: Any) -> int:
+          flat: _FlatParameters) -> int:
     history.skipped_steps.append(step)
-    optimizer.zero_grad(set_to_none=True)
+    flat.zero_grad()
     message = f"step {step}: {why}; step skipped"
     if bar is not None:
         bar.write(message)
