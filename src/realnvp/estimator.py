@@ -59,9 +59,12 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         contamination: how the outlier threshold ``offset_`` is set.
             ``"auto"`` (default): the 1st percentile (:data:`AUTO_QUANTILE`) of the
             log-densities of the held-out validation rows, so about 1% of new rows from the
-            training distribution are flagged: a calibrated false-alarm rate that the flow's
-            fit to its own training rows does not bias. This is the threshold of
+            training distribution are flagged: a false-alarm rate that the flow's fit to its
+            own training rows does not bias. This is the threshold of
             ``realnvp score --contamination 0.01``. Without held-out rows, all rows are used.
+            It is only as precise as the held-out rows are many: with 20 of them (200 rows
+            and the default 10%) expect anywhere from 0 to 20% false alarms; on small data
+            raise ``val_fraction`` or choose the threshold yourself.
             A float in (0, 0.5]: scikit-learn's meaning, the proportion of outliers in the
             rows given to ``fit``; ``offset_`` is that quantile of their ``score_samples``,
             so exactly that fraction of them is flagged (barring ties).
@@ -135,11 +138,19 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         X = validate_data(self, X, dtype=np.float64, ensure_min_samples=2)
         seed = int(check_random_state(self.random_state).randint(_SEED_LIMIT))
         train, val = _split(X, float(self.val_fraction), seed)
-        steps = _auto_steps(train.shape[0], int(self.batch_size)) if self.steps == "auto" \
-            else int(self.steps)
-        names = getattr(self, "feature_names_in_", None)
         flow = self._build_flow(X.shape[1], seed)
-        history = fit(
+        history = self._train(flow, train, val, seed)
+        self.flow_ = flow.to(device="cpu", dtype=torch.float64).eval()
+        self.history_ = history.to_frame()
+        self.n_iter_ = int(history.records[-1]["step"]) if history.records else 0
+        self.offset_ = self._threshold(X, val)
+        return self
+
+    def _train(self, flow: Flow, train: np.ndarray, val: np.ndarray | None, seed: int) -> History:
+        steps = int(self.steps) if self.steps != "auto" else \
+            _auto_steps(train.shape[0], int(self.batch_size))
+        names = getattr(self, "feature_names_in_", None)
+        return fit(
             flow, train, val_data=val, steps=steps, batch_size=int(self.batch_size),
             lr=float(self.lr), warmup=min(100, steps // 10),
             eval_every=max(1, min(100, steps // 50)),
@@ -147,15 +158,13 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
             device=self.device, progress=bool(self.verbose),
             columns=None if names is None else [str(c) for c in names],
         )
-        self.flow_ = flow.to(device="cpu", dtype=torch.float64).eval()
-        self.history_ = history.to_frame()
-        self.n_iter_ = int(history.records[-1]["step"]) if history.records else steps
+
+    def _threshold(self, X: np.ndarray, val: np.ndarray | None) -> float:
+        """``offset_``: see ``contamination`` in the class docstring."""
         if self.contamination == "auto":
             reference = self._log_prob(val if val is not None else X)
-            self.offset_ = float(np.quantile(reference, AUTO_QUANTILE))
-        else:
-            self.offset_ = float(np.percentile(self._log_prob(X), 100 * self.contamination))
-        return self
+            return float(np.quantile(reference, AUTO_QUANTILE))
+        return float(np.percentile(self._log_prob(X), 100 * self.contamination))
 
     def _build_flow(self, dim: int, seed: int) -> Flow:
         """The untrained flow, its initial weights drawn from ``seed`` (global RNG untouched)."""
@@ -264,7 +273,9 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         its ``columns``, ``offset_`` from the held-out scores ``val_log_prob.npy`` at the
         ``contamination`` quantile (1% for ``"auto"``) and ``history_`` from ``metrics.csv``.
         A bare model file has no held-out scores: ``offset_`` is then that quantile of the
-        log-density of 10,000 of the flow's own samples (its 99% highest-density region).
+        log-density of 10,000 of the flow's own samples (its 99% highest-density region), a
+        rough threshold: a flow's tails are often too light, so it tends to flag more than
+        that fraction of new data.
 
         Example:
             >>> import numpy as np, tempfile, realnvp

@@ -698,7 +698,7 @@ class Pinwheel(Toy):
     only happens where the Gaussian factor is below about 3e-8 of its peak. Roots whose
     Gaussian factor is :math:`e^{-60}` below the best possible on the circle are skipped
     (the blades' far tails). Beyond :math:`|x| \approx 23` (where :math:`\log p < -600`)
-    the blades wind faster than a grid of 16384 points, or float64, can follow; there
+    the blades wind faster than a grid of 4096 points, or float64, can follow; there
     ``log_prob`` is the mean of the density around the circle through :math:`x`, which is
     the radial density of :math:`2|f|` over :math:`2\pi|x|` (Laplace's method in the angle
     of :math:`f`, relative error below 1e-4).
@@ -718,7 +718,7 @@ class Pinwheel(Toy):
     tangential_std: ClassVar[float] = 0.1
     rate: ClassVar[float] = 0.25
     _grid_step: ClassVar[float] = 0.1
-    _max_grid: ClassVar[int] = 16384
+    _max_grid: ClassVar[int] = 4096
     _tail_nats: ClassVar[float] = 60.0
 
     def _sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:

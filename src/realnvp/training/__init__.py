@@ -1,7 +1,15 @@
 """Training: configuration, the fit loop, checkpoints."""
 
 from realnvp.training.config import PRESETS, TrainConfig
-from realnvp.training.fit import History, NonFiniteLossError, fit, mean_nll, resolve_device
+from realnvp.training.fit import (
+    History,
+    NonFiniteLossError,
+    TrainStep,
+    fit,
+    make_train_step,
+    mean_nll,
+    resolve_device,
+)
 
-__all__ = ["PRESETS", "History", "NonFiniteLossError", "TrainConfig", "fit", "mean_nll",
-           "resolve_device"]
+__all__ = ["PRESETS", "History", "NonFiniteLossError", "TrainConfig", "TrainStep", "fit",
+           "make_train_step", "mean_nll", "resolve_device"]

@@ -16,8 +16,10 @@ from torch import Tensor
 from realnvp._validation import as_float_tensor
 from realnvp.bijections import ActNorm
 from realnvp.flow import Flow
+from realnvp.training.fast import fast_step_for
 
-__all__ = ["History", "NonFiniteLossError", "fit", "mean_nll", "resolve_device"]
+__all__ = ["History", "NonFiniteLossError", "TrainStep", "fit", "make_train_step", "mean_nll",
+           "resolve_device"]
 
 Callback = Callable[[int, Flow], None]
 
@@ -178,6 +180,57 @@ def _make_optimizer(params: _FlatParameters, lr: float, weight_decay: float) -> 
         return torch.optim.Adam([params.value], lr=lr, weight_decay=weight_decay, foreach=True)
 
 
+class TrainStep:
+    """One Adam step on the mean negative log-likelihood of a batch: ``step(x) -> (loss, why)``.
+
+    ``why`` is None when the step was taken, else why it was skipped (a non-finite loss or
+    gradient; the parameters are then left unchanged). Uses the hand-derived backward pass
+    of :mod:`realnvp.training.fast` when the flow allows it, autograd otherwise, and keeps
+    all parameters in one flat buffer so Adam, clipping and zeroing are single kernels.
+
+    Example:
+        >>> import realnvp
+        >>> flow = realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,))
+        >>> step = TrainStep(flow, lr=1e-3)
+        >>> loss, why = step(torch.randn(16, 2))
+        >>> why is None
+        True
+    """
+
+    def __init__(self, flow: Flow, lr: float = 2e-3, weight_decay: float = 0.0,
+                 clip_grad: float = 10.0) -> None:
+        self.flow = flow
+        self.flat = _FlatParameters(flow)
+        self.optimizer = _make_optimizer(self.flat, lr, weight_decay)
+        self.fast = fast_step_for(flow)
+        self.clip_grad = clip_grad
+
+    def __call__(self, x: Tensor) -> tuple[Tensor, str | None]:
+        # The fast path computes the loss and writes the gradients into the flat buffer.
+        loss = self.fast(x) if self.fast is not None else _loss(self.flow, x)
+        if not torch.isfinite(loss):
+            self.flat.zero_grad()
+            return loss.detach(), f"non-finite loss ({float(loss)})"
+        if self.fast is None:
+            self.flat.zero_grad()
+            loss.backward()
+        if self.clip_grad > 0:
+            norm = self.flat.clip(self.clip_grad)
+            if not torch.isfinite(norm):
+                self.flat.zero_grad()
+                return loss.detach(), "non-finite gradient"
+        self.optimizer.step()
+        return loss.detach(), None
+
+
+def make_train_step(flow: Flow, lr: float = 2e-3, clip_grad: float = 10.0
+                    ) -> Callable[[Tensor], Tensor]:
+    """``step(x) -> loss``: the optimisation step :func:`fit` runs, for benchmarks and loops."""
+    step = TrainStep(flow, lr=lr, clip_grad=clip_grad)
+    flow.train()
+    return lambda x: step(x)[0]
+
+
 class _Batches:
     """Shuffled epochs of row indices from a seeded generator (state can be saved)."""
 
@@ -257,8 +310,8 @@ def fit(
     flow.to(dev)
     train, val = train.to(dev), (val.to(dev) if val is not None else None)
 
-    flat = _FlatParameters(flow)
-    optimizer = _make_optimizer(flat, lr, weight_decay)
+    train_step = TrainStep(flow, lr, weight_decay, clip_grad)
+    optimizer = train_step.optimizer
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(warmup, steps, min_lr_ratio)
     )
@@ -277,36 +330,31 @@ def fit(
 
     bar = _progress_bar(steps, start_step, progress)
     flow.train()
+    threads = torch.get_num_threads()
+    if dev.type == "cpu" and batches.batch_size <= 1024:
+        # Small batches: one thread is faster than two (no fork/join per tiny kernel) and
+        # does not collapse when another process holds a core. Restored below.
+        torch.set_num_threads(1)
     t0 = time.perf_counter() - history.seconds
     running, count, bad_in_row = 0.0, 0, 0
     step = start_step
     try:
         for step in range(start_step + 1, steps + 1):
             xb = train.index_select(0, batches.next().to(dev))
-            loss = _loss(flow, xb)
-            if not torch.isfinite(loss):
-                bad_in_row = _skip(history, step, bar, f"non-finite loss ({float(loss)})",
-                                   bad_in_row, max_bad_steps, flat)
+            loss, problem = train_step(xb)
+            if problem is not None:
+                bad_in_row = _skip(history, step, bar, problem, bad_in_row, max_bad_steps)
                 scheduler.step()
                 continue
-            flat.zero_grad()
-            loss.backward()
-            if clip_grad > 0:
-                norm = flat.clip(clip_grad)
-                if not torch.isfinite(norm):
-                    bad_in_row = _skip(history, step, bar, "non-finite gradient", bad_in_row,
-                                       max_bad_steps, flat)
-                    scheduler.step()
-                    continue
-            optimizer.step()
             scheduler.step()
             bad_in_row = 0
-            running += float(loss.detach())
+            running = running + loss  # a tensor: no device sync per step
             count += 1
             for callback in callbacks:
                 callback(step, flow)
             if step % eval_every == 0 or step == steps:
-                best_state, stop = _evaluate(flow, val_eval, history, step, running / max(count, 1),
+                best_state, stop = _evaluate(flow, val_eval, history, step,
+                                             float(running) / max(count, 1),
                                              scheduler, t0, best_state, patience, bar)
                 running, count = 0.0, 0
                 if checkpoint_dir is not None and (step % checkpoint_every == 0 or stop):
@@ -324,6 +372,7 @@ def fit(
                                  step - 1, history, best_state)
         raise
     finally:
+        torch.set_num_threads(threads)
         if bar is not None:
             bar.close()
     history.seconds = time.perf_counter() - t0
@@ -356,10 +405,8 @@ def _loss(flow: Flow, xb: Tensor) -> Tensor:
     return -(flow.base.log_prob(z) + log_det).mean()
 
 
-def _skip(history: History, step: int, bar: Any, why: str, bad_in_row: int, limit: int,
-          flat: _FlatParameters) -> int:
+def _skip(history: History, step: int, bar: Any, why: str, bad_in_row: int, limit: int) -> int:
     history.skipped_steps.append(step)
-    flat.zero_grad()
     message = f"step {step}: {why}; step skipped"
     if bar is not None:
         bar.write(message)
