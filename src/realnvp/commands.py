@@ -120,7 +120,7 @@ def _train_and_finish(out: Path, flow: Any, data: runs.Data, config: TrainConfig
     if plots:
         from realnvp.plotting import TrainingSnapshots
 
-        snapshots = TrainingSnapshots(data.x[:5000], every=max(1, config.steps // 100),
+        snapshots = TrainingSnapshots(data.x[:5000], every=max(1, config.steps // 60),
                                       resolution=80, n_samples=1000, seed=config.seed)
         callbacks.append(snapshots)
     started = time.perf_counter()

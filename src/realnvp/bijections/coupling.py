@@ -56,7 +56,7 @@ class Coupling(Bijection):
         self.conditioner = MLP(n_in, n_out, hidden, activation)
         self.activation = activation
         self._refresh_slices()
-        self.register_load_state_dict_post_hook(lambda module, _: module._refresh_slices())
+        self.register_load_state_dict_post_hook(_refresh_after_load)
 
     def _refresh_slices(self) -> None:
         """Views instead of gathers when kept/transformed indices are evenly spaced."""
@@ -187,6 +187,10 @@ class AdditiveCoupling(Coupling):
         return z2 - params, z2.new_zeros(z2.shape[0])
 
 
+
+
+def _refresh_after_load(module: Coupling, _: object) -> None:
+    module._refresh_slices()
 
 
 def _as_slice(index: Tensor) -> slice | None:

@@ -687,21 +687,20 @@ class Pinwheel(Toy):
     .. math:: p(x) = \frac15 \sum_k \sum_{f:\ T_k(f) = x}
               \frac{\mathcal N(f)}{|4(1 + \tfrac14 e^{f_1} f_2)|}.
 
-    :math:`T_k` keeps radii (:math:`|f| = |x|/2 = \rho`) and, writing :math:`\psi` for
-    the angle of :math:`x`, the preimages are the roots in :math:`f_1 \in [-\rho, \rho]` of
-    :math:`D(f_1) = \rho\cos(\psi + 2\pi k/5 + \tfrac14 e^{f_1}) - f_1`, with
-    :math:`f_2 = \rho\sin(\cdot)`. ``log_prob`` brackets every sign change of :math:`D` on
-    a grid uniform in :math:`f_1 + \tfrac14 e^{f_1}` (step 0.1, which bounds the phase
-    change per step) and polishes each root by safeguarded Newton to machine precision.
-    :math:`T_k` folds where :math:`1 + \tfrac14 e^{f_1} f_2 = 0`: there the density has an
-    integrable singularity, and two roots closer than a grid step can be missed; this
-    only happens where the Gaussian factor is below about 3e-8 of its peak. Roots whose
-    Gaussian factor is :math:`e^{-60}` below the best possible on the circle are skipped
-    (the blades' far tails). Beyond :math:`|x| \approx 23` (where :math:`\log p < -600`)
-    the blades wind faster than a grid of 4096 points, or float64, can follow; there
-    ``log_prob`` is the mean of the density around the circle through :math:`x`, which is
-    the radial density of :math:`2|f|` over :math:`2\pi|x|` (Laplace's method in the angle
-    of :math:`f`, relative error below 1e-4).
+    :math:`T_k` keeps radii, so a preimage is :math:`f = \rho(\cos\beta, \sin\beta)` with
+    :math:`\rho = |x|/2`, and its angle solves
+    :math:`\psi(\beta) = \beta - \tfrac14 e^{\rho\cos\beta} \equiv \arg x + 2\pi k/5
+    \pmod{2\pi}`. ``log_prob`` finds every root exactly: :math:`\psi' = 1 +
+    \tfrac14 e^{f_1} f_2` vanishes at no more than two fold angles, found by bisection, so
+    :math:`\psi` is monotone on at most three pieces; on each piece every multiple of
+    :math:`2\pi` in its range gives one root, polished by safeguarded Newton to 1e-14.
+    The sum is exact to rounding, except that roots whose Gaussian factor is
+    :math:`e^{-60}` below the largest on their circle are skipped, and at a fold itself
+    the density is infinite (an integrable singularity). Beyond :math:`|x| \approx 23`
+    (:math:`\log p < -600`) a blade winds through more than 1000 roots and float64
+    cannot follow the angle; there ``log_prob`` is the exact mean of the density around
+    the circle through :math:`x` (Laplace's method in :math:`\beta`, relative error below
+    1e-4).
 
     Example:
         >>> toy = Pinwheel()
@@ -717,9 +716,9 @@ class Pinwheel(Toy):
     radial_std: ClassVar[float] = 0.3
     tangential_std: ClassVar[float] = 0.1
     rate: ClassVar[float] = 0.25
-    _grid_step: ClassVar[float] = 0.1
-    _max_grid: ClassVar[int] = 4096
     _tail_nats: ClassVar[float] = 60.0
+    _max_roots: ClassVar[int] = 1000  # per point; more and the far-field mean is used
+    _chunk_roots: ClassVar[int] = 2**18  # roots solved together (bounds memory)
 
     def _sample(self, n: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         labels = _balanced_labels(n, self.blades, generator)
@@ -744,43 +743,90 @@ class Pinwheel(Toy):
         det = 4 * (1 + self.rate * torch.exp(f[..., 0]) * f[..., 1])
         return log_normal - torch.log(torch.abs(det))
 
+    def _angle(self, rho: Tensor, beta: Tensor) -> Tensor:
+        r""":math:`\psi(\beta) = \beta - \tfrac14 e^{\rho\cos\beta}`, the angle of
+        :math:`T_0(\rho\cos\beta, \rho\sin\beta)` (unwrapped)."""
+        return beta - self.rate * torch.exp(rho * torch.cos(beta))
+
     def _log_prob(self, x: Tensor) -> Tensor:
-        norm, psi = _polar(x)
-        rho = (norm / 2).clamp_min(1e-12)  # x = 0 has the one preimage f = 0; keep a bracket
-        lower = self._window_lower(rho)
+        norm, arg = _polar(x)
+        rho = norm / 2
+        edges = self._pieces(rho)  # (n, 4): psi is monotone between neighbours
+        ends = self._angle(rho[:, None], edges)
+        low = torch.minimum(ends[:, :-1], ends[:, 1:])[:, :, None]  # (n, 3, 1)
+        high = torch.maximum(ends[:, :-1], ends[:, 1:])[:, :, None]
+        offsets = 2 * math.pi * torch.arange(self.blades, dtype=_F64, device=x.device)
+        target = (arg[:, None] + offsets / self.blades)[:, None, :]  # (n, 1, blades)
+        # psi = target + 2 pi m has one root per m with low <= target + 2 pi m < high.
+        first = torch.ceil((low - target) / (2 * math.pi))
+        count = (torch.ceil((high - target) / (2 * math.pi)) - first).clamp_min(0)
+        total = count.sum((1, 2))
+        far = ~(total <= self._max_roots)  # also catches inf and NaN from overflow
         out = torch.empty_like(rho)
-        span = self._s(rho) - self._s(lower)  # inf when exp overflows, far away
-        far = span > self._grid_step * self._max_grid
         out[far] = self._log_prob_far(rho[far])
         near = (~far).nonzero().squeeze(1)
-        order = near[torch.argsort(rho[near])]
-        start = 0
-        while start < len(order):
-            size = 2048  # halved until (points x blades x grid) fits in 2**21 numbers
-            while True:
-                part = order[start : start + size]
-                grid = self._grid_size(lower[part].min(), rho[part[-1]])
-                if size == 1 or size * self.blades * grid <= 2**21:
-                    break
-                size //= 2
-            out[part] = self._log_prob_chunk(rho[part], psi[part], lower[part])
-            start += len(part)
+        ends_at = torch.cumsum(total[near], 0)
+        for part in _split_by_budget(near, ends_at, self._chunk_roots):
+            out[part] = self._log_prob_roots(
+                rho[part], edges[part], target[part, 0], first[part].long(), count[part].long()
+            )
         return out
 
-    def _log_prob_far(self, rho: Tensor) -> Tensor:
-        r"""The mean of the density around the circle :math:`|x| = 2\rho`: the density of
-        :math:`|f| = \rho` (Laplace's method in the angle of :math:`f`), halved for
-        :math:`|x| = 2|f|`, over the circle's length :math:`4\pi\rho`."""
-        a2, b2 = self.radial_std**2, self.tangential_std**2
-        curvature = rho.square() / b2 - rho * (rho - 1) / a2
-        log_radius = (
-            torch.log(rho)
-            - 0.5 * (rho - 1).square() / a2
-            - _LOG_2PI
-            - 0.5 * math.log(a2 * b2)
-            + 0.5 * (_LOG_2PI - torch.log(curvature))
-        )
-        return log_radius - math.log(2.0) - torch.log(4 * math.pi * rho)
+    def _log_prob_roots(
+        self, rho: Tensor, edges: Tensor, target: Tensor, first: Tensor, count: Tensor
+    ) -> Tensor:
+        """Sum over every root of every piece and blade (``count`` of them from ``first``)."""
+        n, pieces, blades = count.shape
+        group = torch.repeat_interleave(torch.arange(count.numel(), device=rho.device),
+                                        count.flatten())
+        starts = torch.cumsum(count.flatten(), 0) - count.flatten()
+        m = first.flatten()[group] + torch.arange(group.numel(), device=rho.device) - starts[group]
+        point, piece, blade = group // (pieces * blades), (group // blades) % pieces, group % blades
+        value = target[point, blade] + 2 * math.pi * m.to(_F64)
+        beta = self._solve(rho[point], value, edges[point, piece], edges[point, piece + 1])
+        f = rho[point, None] * _unit(beta)
+        log_x = self._log_latent(f) - math.log(self.blades)
+        return _scatter_logsumexp(log_x, point, n)
+
+    def _pieces(self, rho: Tensor) -> Tensor:
+        r"""Angles ``(lo, a, b, hi)`` with :math:`\psi` monotone on ``[lo, a]``, ``[a, b]``,
+        ``[b, hi]``: ``a, b`` are the folds (both ``lo`` when there are none) and
+        ``[lo, hi]`` the window of angles whose Gaussian factor can matter."""
+        half = torch.arccos((self._window_lower(rho) / rho.clamp_min(1e-300)).clamp(-1, 1))
+        lo, hi = -half, half
+        a, b = self._folds(rho)
+        a = torch.minimum(torch.maximum(a, lo), hi)
+        b = torch.minimum(torch.maximum(b, lo), hi)
+        return torch.stack([lo, a, b, hi], dim=1)
+
+    def _folds(self, rho: Tensor) -> tuple[Tensor, Tensor]:
+        r"""The fold angles, where :math:`\psi'(\beta) = 1 + \tfrac14\rho\sin\beta\,
+        e^{\rho\cos\beta} = 0`. On :math:`(-\pi, 0)` the product has one minimum, at
+        :math:`\cos\beta^* = 2\rho / (1 + \sqrt{1 + 4\rho^2})`; if :math:`\psi' < 0` there,
+        one fold lies on each side of :math:`\beta^*`, found by bisection in log space."""
+        star = -torch.arccos(2 * rho / (1 + torch.sqrt(1 + 4 * rho.square())))
+
+        def folded(beta: Tensor) -> Tensor:  # psi'(beta) < 0, without overflow
+            r = rho[:, None] if beta.ndim > 1 else rho
+            return torch.log(r) + torch.log(-torch.sin(beta)) + r * torch.cos(beta) > math.log(
+                1 / self.rate
+            )
+
+        has_fold = folded(star)
+        a = torch.full_like(rho, -math.pi)
+        b = torch.zeros_like(rho)
+        lo = torch.stack([a, star], 1)  # bracket of each fold: psi' changes sign inside
+        hi = torch.stack([star, b], 1)
+        outside_is_lo = torch.tensor([True, False], device=rho.device)  # unfolded end
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            unfolded = ~folded(mid)
+            move_lo = unfolded == outside_is_lo
+            lo, hi = torch.where(move_lo, mid, lo), torch.where(move_lo, hi, mid)
+        folds = (lo + hi) / 2
+        none = -math.pi * torch.ones_like(folds)  # replaced by the window's lower end
+        folds = torch.where(has_fold[:, None], folds, none)
+        return folds[:, 0], folds[:, 1]
 
     def _window_lower(self, rho: Tensor) -> Tensor:
         r"""Smallest :math:`f_1` worth searching: the Gaussian bound on the circle,
@@ -797,70 +843,62 @@ class Pinwheel(Toy):
         left_ok = quad * rho.square() - lin * rho + const >= top - self._tail_nats
         return torch.where(left_ok, -rho, torch.maximum(right_root, -rho))
 
-    def _s(self, f: Tensor) -> Tensor:
-        return f + self.rate * torch.exp(f)
-
-    def _grid_size(self, lower: Tensor, rho: Tensor) -> int:
-        return math.ceil(float(self._s(rho) - self._s(lower)) / self._grid_step) + 2
-
-    def _s_inverse(self, s: Tensor) -> Tensor:
-        """Solve ``f + rate * exp(f) = s`` by Newton from the right (convex, so monotone)."""
-        big = s > 1
-        f = torch.where(big, torch.minimum(s, torch.log(s.clamp_min(1.0) / self.rate)), s)
-        for _ in range(60):
-            e = self.rate * torch.exp(f)
-            step = (f + e - s) / (1 + e)
-            f = f - step
-            if bool((step.abs() <= 1e-15 * (1 + f.abs())).all()):
-                break
-        return f
-
-    def _log_prob_chunk(self, rho: Tensor, psi: Tensor, lower: Tensor) -> Tensor:
-        lo, hi = self._s(lower.min()), self._s(rho.max())
-        n_grid = self._grid_size(lower.min(), rho.max())
-        s = torch.linspace(float(lo), float(hi), n_grid, dtype=_F64, device=rho.device)
-        grid = torch.minimum(torch.maximum(self._s_inverse(s), lower[:, None]), rho[:, None])
-        offsets = 2 * math.pi * torch.arange(self.blades, dtype=_F64, device=rho.device)
-        phase0 = psi[:, None] + offsets / self.blades  # (batch, blades)
-        phase = phase0[:, :, None] + self.rate * torch.exp(grid)[:, None, :]
-        d = rho[:, None, None] * torch.cos(phase) - grid[:, None, :]  # (batch, blades, grid)
-        positive = d > 0
-        row, blade, j = (positive[..., :-1] != positive[..., 1:]).nonzero(as_tuple=True)
-        lo, hi = grid[row, j], grid[row, j + 1]
-        d_lo, d_hi = d[row, blade, j], d[row, blade, j + 1]
-        f1 = self._polish(rho[row], phase0[row, blade], lo, hi, d_lo, d_hi)
-        angle = phase0[row, blade] + self.rate * torch.exp(f1)
-        f = torch.stack([f1, rho[row] * torch.sin(angle)], dim=-1)
-        log_x = self._log_latent(f) - math.log(self.blades)
-        return _scatter_logsumexp(log_x, row, rho.shape[0])
-
-    def _polish(
-        self, rho: Tensor, c: Tensor, lo: Tensor, hi: Tensor, d_lo: Tensor, d_hi: Tensor
-    ) -> Tensor:
-        """The root of ``D(f) = rho cos(c + rate e^f) - f`` between ``lo`` and ``hi``, where
-        ``D`` changes sign (``D(lo) = d_lo``, ``D(hi) = d_hi``): start at the secant point,
-        take Newton steps, bisect whenever a step would leave the bracket, and stop each
-        root once its step or bracket is below 1e-14."""
-        f = lo + (hi - lo) * d_lo / (d_lo - d_hi)
-        lo_positive = d_lo > 0
-        todo = torch.arange(f.shape[0], device=f.device)
-        for _ in range(100):
-            x, r, cc = f[todo], rho[todo], c[todo]
-            e = self.rate * torch.exp(x)
-            d = r * torch.cos(cc + e) - x
-            slope = -r * torch.sin(cc + e) * e - 1
-            same = (d > 0) == lo_positive[todo]
+    def _solve(self, rho: Tensor, value: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+        """The root of ``psi(beta) = value`` in ``[lo, hi]``, where ``psi`` is monotone:
+        start at the secant point, take Newton steps, bisect whenever a step would leave
+        the bracket, and stop each root once its step or bracket is below 1e-14."""
+        g_lo = self._angle(rho, lo) - value
+        g_hi = self._angle(rho, hi) - value
+        width = (g_lo - g_hi).abs()
+        beta = torch.where(width > 0, lo + (hi - lo) * g_lo.abs() / width, lo)
+        lo_positive = g_lo > 0
+        todo = torch.arange(beta.shape[0], device=beta.device)
+        for _ in range(200):
+            x, r = beta[todo], rho[todo]
+            e = self.rate * torch.exp(r * torch.cos(x))
+            g = x - e - value[todo]
+            slope = 1 + e * r * torch.sin(x)
+            same = (g > 0) == lo_positive[todo]
             a = torch.where(same, x, lo[todo])
             b = torch.where(same, hi[todo], x)
             lo[todo], hi[todo] = a, b
-            newton = x - d / slope
-            nxt = torch.where((newton >= a) & (newton <= b), newton, (a + b) / 2)
-            f[todo] = nxt
-            tol = 1e-14 * (1 + x.abs())  # D itself is only good to a few ulps of rho
-            todo = todo[((nxt - x).abs() > tol) & (b - a > tol)]
+            newton = x - g / slope
+            low, high = torch.minimum(a, b), torch.maximum(a, b)
+            nxt = torch.where((newton >= low) & (newton <= high), newton, (a + b) / 2)
+            beta[todo] = nxt
+            tol = 1e-14 * (1 + x.abs())
+            todo = todo[((nxt - x).abs() > tol) & ((b - a).abs() > tol)]
             if todo.numel() == 0:
                 break
-        return f
+        return beta
+
+    def _log_prob_far(self, rho: Tensor) -> Tensor:
+        r"""The mean of the density around the circle :math:`|x| = 2\rho`: the density of
+        :math:`|f| = \rho` (Laplace's method in the angle of :math:`f`), halved for
+        :math:`|x| = 2|f|`, over the circle's length :math:`4\pi\rho`."""
+        a2, b2 = self.radial_std**2, self.tangential_std**2
+        curvature = rho.square() / b2 - rho * (rho - 1) / a2
+        log_radius = (
+            torch.log(rho)
+            - 0.5 * (rho - 1).square() / a2
+            - _LOG_2PI
+            - 0.5 * math.log(a2 * b2)
+            + 0.5 * (_LOG_2PI - torch.log(curvature))
+        )
+        return log_radius - math.log(2.0) - torch.log(4 * math.pi * rho)
+
+
+def _split_by_budget(index: Tensor, cumulative: Tensor, budget: int) -> list[Tensor]:
+    """Split ``index`` into consecutive runs whose share of ``cumulative`` (a running total
+    of work per entry) is at most ``budget`` each (an entry above budget runs alone)."""
+    parts, start = [], 0
+    while start < index.shape[0]:
+        base = float(cumulative[start - 1]) if start else 0.0
+        stop = int(torch.searchsorted(cumulative, base + budget, right=True))
+        stop = max(stop, start + 1)
+        parts.append(index[start:stop])
+        start = stop
+    return parts
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,0 +1,406 @@
+"""Crash-safe checkpoints: atomic writes, exact resume, SIGKILL at random moments, Ctrl-C.
+
+The library-level tests fork the (already imported) test process, so twenty kill-and-resume
+trials cost well under a second each; the CLI tests start real ``python -m realnvp``
+processes and signal them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import realnvp
+from realnvp.datasets import get_toy
+from realnvp.io import ModelFileError
+from realnvp.training.checkpoint import CHECKPOINT_FILE
+
+FIT = sys.modules["realnvp.training.fit"]  # the module; ``realnvp.training.fit`` is the function
+KW = {"steps": 60, "batch_size": 32, "eval_every": 5, "checkpoint_every": 5, "seed": 0,
+      "progress": False}
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+def _data() -> torch.Tensor:
+    x, _ = get_toy("moons").sample(400, seed=0)
+    return x
+
+
+def _flow() -> realnvp.Flow:
+    # RealNVP(seed=...) seeds only permutations; the conditioners draw from the global RNG.
+    torch.manual_seed(0)
+    return realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,))
+
+
+def _same_weights(a: realnvp.Flow, b: realnvp.Flow) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _checkpoint_meta(folder: Path) -> dict:
+    with safe_open(folder / CHECKPOINT_FILE, "pt") as f:
+        return json.loads(f.metadata()["checkpoint"])
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.endswith(".tmp"))
+
+
+def _reference(tmp_path: Path) -> tuple[realnvp.Flow, realnvp.History, float]:
+    flow, folder = _flow(), tmp_path / "reference"
+    folder.mkdir()
+    started = time.perf_counter()
+    history = realnvp.fit(flow, _data(), checkpoint_dir=folder, **KW)
+    return flow, history, time.perf_counter() - started
+
+
+def _same_outcome(h1: realnvp.History, h2: realnvp.History) -> None:
+    assert (h2.best_step, h2.best_val_nll, h2.skipped_steps) == (
+        h1.best_step, h1.best_val_nll, h1.skipped_steps)
+    assert [r["val_nll"] for r in h2.records] == [r["val_nll"] for r in h1.records]
+
+
+# --- what a checkpoint holds, and how it is written ---
+
+
+def test_a_clean_run_leaves_one_complete_checkpoint_and_no_temporary_files(
+    tmp_path: Path,
+) -> None:
+    flow, history, _ = _reference(tmp_path)
+    folder = tmp_path / "reference"
+    assert sorted(p.name for p in folder.iterdir()) == [CHECKPOINT_FILE]
+    meta = _checkpoint_meta(folder)
+    assert meta["step"] == KW["steps"]
+    assert meta["history"]["best_step"] == history.best_step
+    assert meta["has_best"] and meta["scheduler"]["last_epoch"] == KW["steps"]
+    tensors = load_file(folder / CHECKPOINT_FILE)
+    kinds = {k.split(".")[0] for k in tensors}
+    assert kinds == {"model", "best", "optim", "rng", "batches"}
+    assert all(bool(torch.isfinite(v).all()) for v in tensors.values() if v.is_floating_point())
+    # A checkpoint opens as a model, and gives the restored (best) weights.
+    assert _same_weights(realnvp.load(folder), flow)
+
+
+def test_a_checkpoint_is_written_every_n_steps(tmp_path: Path) -> None:
+    seen: dict[int, int] = {}
+
+    def watch(step: int, flow: realnvp.Flow) -> None:  # runs before that step's checkpoint
+        if (tmp_path / CHECKPOINT_FILE).exists():
+            seen[step] = _checkpoint_meta(tmp_path)["step"]
+
+    realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, callbacks=[watch],
+                **{**KW, "steps": 20, "checkpoint_every": 5})
+    assert seen == {s: 5 * ((s - 1) // 5) for s in range(6, 21)}
+
+
+@pytest.mark.xfail(strict=True, reason="fit() checkpoints only at eval steps: with eval_every=10 "
+                   "a checkpoint_every of 4 writes at 20 only (fix in fit.py: move the save "
+                   "out of the eval block)")
+def test_checkpoint_every_need_not_be_a_multiple_of_eval_every(tmp_path: Path) -> None:
+    seen: set[int] = set()
+
+    def watch(step: int, flow: realnvp.Flow) -> None:
+        if (tmp_path / CHECKPOINT_FILE).exists():
+            seen.add(_checkpoint_meta(tmp_path)["step"])
+
+    realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, callbacks=[watch],
+                **{**KW, "steps": 20, "eval_every": 10, "checkpoint_every": 4})
+    assert seen == {4, 8, 12, 16}
+
+
+def test_a_failed_write_keeps_the_previous_checkpoint_and_leaves_no_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, **{**KW, "steps": 10})
+    before = (tmp_path / CHECKPOINT_FILE).read_bytes()
+
+    def broken_fsync(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", broken_fsync)
+    with pytest.raises(OSError, match="No space"):
+        realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, **{**KW, "steps": 10})
+    monkeypatch.undo()
+    assert (tmp_path / CHECKPOINT_FILE).read_bytes() == before
+    assert _leftovers(tmp_path) == []
+
+
+# --- resume ---
+
+
+@pytest.mark.parametrize("cut", [5, 25, 55])
+def test_resume_from_a_periodic_checkpoint_ends_with_the_same_weights(
+    tmp_path: Path, cut: int
+) -> None:
+    reference, ref_history, _ = _reference(tmp_path)
+    run, snapshot = tmp_path / "run", tmp_path / "snapshot"
+    run.mkdir(), snapshot.mkdir()
+
+    def freeze(step: int, flow: realnvp.Flow) -> None:  # the checkpoint of step `cut`
+        if step == cut + 1:
+            shutil.copy(run / CHECKPOINT_FILE, snapshot / CHECKPOINT_FILE)
+
+    realnvp.fit(_flow(), _data(), checkpoint_dir=run, callbacks=[freeze], **KW)
+    assert _checkpoint_meta(snapshot)["step"] == cut
+    resumed = realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,))  # other init: all restored
+    history = realnvp.fit(resumed, _data(), checkpoint_dir=snapshot, resume=True, **KW)
+    assert _same_weights(resumed, reference)
+    _same_outcome(ref_history, history)
+    assert history.stopped == f"completed {KW['steps']} steps"
+    assert _leftovers(snapshot) == []
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="no checkpoint to resume from"):
+        realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, resume=True, **KW)
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated", "garbage", "other-model"])
+def test_resume_from_a_damaged_checkpoint_is_a_clear_error(tmp_path: Path, damage: str) -> None:
+    realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, **{**KW, "steps": 5})
+    path = tmp_path / CHECKPOINT_FILE
+    data = path.read_bytes()
+    if damage == "other-model":
+        flow = realnvp.RealNVP(dim=2, n_layers=3, hidden=(8,))
+        with pytest.raises(ModelFileError, match="does not match this model"):
+            realnvp.fit(flow, _data(), checkpoint_dir=tmp_path, resume=True, **KW)
+        return
+    path.write_bytes({"empty": b"", "truncated": data[: len(data) // 2],
+                      "garbage": os.urandom(len(data))}[damage])
+    with pytest.raises(ModelFileError, match="corrupt checkpoint") as info:
+        realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, resume=True, **KW)
+    assert CHECKPOINT_FILE in str(info.value)
+
+
+# --- Ctrl-C (library) ---
+
+
+def _interrupt_at(step_to_interrupt: int):
+    def callback(step: int, flow: realnvp.Flow) -> None:
+        if step == step_to_interrupt:
+            os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C would
+
+    return callback
+
+
+def test_ctrl_c_saves_a_loadable_checkpoint_then_reraises(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, callbacks=[_interrupt_at(23)],
+                    **KW)
+    meta = _checkpoint_meta(tmp_path)
+    assert 22 <= meta["step"] <= 23  # the last step completed (not a periodic checkpoint)
+    assert meta["history"]["stopped"].startswith("interrupted at step")
+    assert realnvp.load(tmp_path).dim == 2
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.xfail(strict=True, reason="Ctrl-C saves step N-1 with the weights of step N, and "
+                   "a resumed run keeps stopped='interrupted ...' (fix in fit.py: defer SIGINT "
+                   "to the step boundary; reset history.stopped on resume)")
+def test_resume_after_ctrl_c_ends_with_the_same_weights(tmp_path: Path) -> None:
+    reference, ref_history, _ = _reference(tmp_path)
+    run = tmp_path / "run"
+    run.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        realnvp.fit(_flow(), _data(), checkpoint_dir=run, callbacks=[_interrupt_at(23)], **KW)
+    resumed = _flow()
+    history = realnvp.fit(resumed, _data(), checkpoint_dir=run, resume=True, **KW)
+    assert history.stopped == f"completed {KW['steps']} steps"
+    assert _same_weights(resumed, reference)
+    _same_outcome(ref_history, history)
+
+
+# --- SIGKILL at random moments (library, forked) ---
+
+
+def _train_in_child(folder: Path, ready: int) -> int:
+    """Fork a process that trains into ``folder``; it writes one byte to ``ready`` first."""
+    pid = os.fork()
+    if pid == 0:  # the child: train, never return into pytest
+        code = 1
+        try:
+            torch.set_num_threads(1)
+            os.write(ready, b"x")
+            realnvp.fit(_flow(), _data(), checkpoint_dir=folder, **KW)
+            code = 0
+        finally:
+            os._exit(code)
+    return pid
+
+
+@needs_fork
+def test_sigkill_at_random_moments_always_leaves_a_run_that_loads_and_resumes_exactly(
+    tmp_path: Path,
+) -> None:
+    reference, _, seconds = _reference(tmp_path)
+    rng = random.Random(20240607)
+    outcomes = {"resumed": 0, "before first checkpoint": 0, "finished": 0}
+    for trial in range(20):
+        folder = tmp_path / f"trial{trial}"
+        folder.mkdir()
+        read, write = os.pipe()
+        pid = _train_in_child(folder, write)
+        os.read(read, 1)
+        time.sleep(rng.uniform(0.0, 1.2 * seconds))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read), os.close(write)
+        # Any temporary file is a dot-file beside the checkpoint, never the checkpoint itself.
+        assert all(name.startswith(f".{CHECKPOINT_FILE}.") for name in _leftovers(folder))
+        if not (folder / CHECKPOINT_FILE).exists():
+            outcomes["before first checkpoint"] += 1
+            with pytest.raises(ModelFileError, match="no checkpoint"):
+                realnvp.fit(_flow(), _data(), checkpoint_dir=folder, resume=True, **KW)
+            continue
+        step = _checkpoint_meta(folder)["step"]
+        assert step % KW["checkpoint_every"] == 0
+        assert realnvp.load(folder).dim == 2  # the latest complete checkpoint loads
+        resumed = realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,))
+        realnvp.fit(resumed, _data(), checkpoint_dir=folder, resume=True, **KW)
+        assert _same_weights(resumed, reference), f"trial {trial}: killed after step {step}"
+        outcomes["finished" if step == KW["steps"] else "resumed"] += 1
+    assert outcomes["resumed"] >= 10, outcomes  # most kills land mid-run
+
+
+# --- NaN in a batch ---
+
+
+def test_a_nan_in_a_training_batch_is_skipped_naming_the_step_and_never_checkpointed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    x = _data()
+
+    def poison(step: int, flow: realnvp.Flow) -> None:  # the next batches may hold a NaN
+        if step == 30:
+            x[:, 0] = torch.nan
+
+    def undo(step: int, flow: realnvp.Flow) -> None:
+        if step == 33:
+            x.copy_(_data())
+
+    def check_checkpoint(step: int, flow: realnvp.Flow) -> None:
+        if (tmp_path / CHECKPOINT_FILE).exists():
+            tensors = load_file(tmp_path / CHECKPOINT_FILE)
+            assert all(bool(torch.isfinite(v).all()) for v in tensors.values()
+                       if v.is_floating_point())
+
+    # val_fraction=0: fit trains on ``x`` itself, so the poison reaches the batches.
+    history = realnvp.fit(_flow(), x, checkpoint_dir=tmp_path, val_fraction=0.0,
+                          callbacks=[poison, check_checkpoint, undo], **KW)
+    err = capsys.readouterr().err
+    assert history.skipped_steps == [31, 32, 33]
+    for step in (31, 32, 33):
+        assert f"step {step}: non-finite loss (nan); step skipped" in err
+    check_checkpoint(0, None)
+    assert realnvp.load(tmp_path).dim == 2
+
+
+def test_nan_every_step_stops_with_an_error_naming_the_step_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path,
+) -> None:
+    x = _data()
+
+    def poison(step: int, flow: realnvp.Flow) -> None:
+        if step == 10:
+            x[:, 0] = torch.nan
+
+    with pytest.raises(realnvp.training.NonFiniteLossError, match=r"step 15: 5 non-finite"):
+        realnvp.fit(_flow(), x, checkpoint_dir=tmp_path, val_fraction=0.0, max_bad_steps=5,
+                    callbacks=[poison], **KW)
+    assert _checkpoint_meta(tmp_path)["step"] == 10
+    assert realnvp.load(tmp_path).dim == 2
+
+
+@pytest.mark.xfail(strict=True, reason="save_checkpoint writes non-finite weights (fix in "
+                   "checkpoint.py: refuse them, raising NonFiniteLossError naming the step)")
+def test_weights_gone_nan_are_never_checkpointed(tmp_path: Path) -> None:
+    def corrupt(step: int, flow: realnvp.Flow) -> None:  # as an overflowing update would
+        if step == 10:
+            with torch.no_grad():
+                flow.bijection[1].conditioner[0].weight[0, 0] = torch.nan
+
+    with pytest.raises(realnvp.training.NonFiniteLossError, match="step 10"):
+        realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, callbacks=[corrupt], **KW)
+    assert _checkpoint_meta(tmp_path)["step"] == 5
+
+
+# --- the command line: SIGKILL, Ctrl-C, resume ---
+
+CLI_TRAIN = ["train", "--data", "moons", "--n-train", "500", "--steps", "1500", "--layers", "2",
+             "--hidden", "8", "--batch-size", "64", "--seed", "3", "--device", "cpu",
+             "--checkpoint-every", "100", "--no-plots", "--quiet"]
+
+
+def _cli(cwd: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "realnvp", *args], cwd=cwd, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run / CHECKPOINT_FILE).exists():
+            try:
+                if _checkpoint_meta(run)["step"] >= step:
+                    return
+            except (OSError, ValueError, KeyError):
+                pass  # mid-rename on a slow file system: look again
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError(f"{run}: no checkpoint of step {step} within {timeout} s")
+
+
+def _model_state(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "model.safetensors")
+
+
+def test_cli_sigkill_and_ctrl_c_leave_runs_that_resume(tmp_path: Path) -> None:
+    """SIGKILL and Ctrl-C at a random moment after step 300; both runs resume and finish.
+
+    The killed run (resumed from a periodic checkpoint) must end with exactly the weights of
+    an uninterrupted run; exactness after Ctrl-C is checked at the library level above.
+    """
+    reference = _cli(tmp_path, *CLI_TRAIN, "--out", "reference")
+    killed = _cli(tmp_path, *CLI_TRAIN, "--out", "killed")
+    stopped = _cli(tmp_path, *CLI_TRAIN, "--out", "stopped")
+    rng = random.Random(1)
+    _wait_for_step(tmp_path / "killed", 300, killed)
+    time.sleep(rng.uniform(0, 0.3))
+    killed.send_signal(signal.SIGKILL)
+    _wait_for_step(tmp_path / "stopped", 300, stopped)
+    time.sleep(rng.uniform(0, 0.3))
+    stopped.send_signal(signal.SIGINT)
+    _, err = stopped.communicate(timeout=60)
+    killed.communicate(timeout=60)
+    assert stopped.returncode == 130, err
+    assert "Traceback" not in err
+    assert "Resume with: realnvp train --resume stopped" in err
+    for name in ("killed", "stopped"):
+        assert realnvp.load(tmp_path / name).dim == 2
+        assert not (tmp_path / name / "model.safetensors").exists()
+    assert _leftovers(tmp_path / "stopped") == []
+    resumes = {name: _cli(tmp_path, "train", "--resume", name, "--no-plots", "--quiet",
+                          "--checkpoint-every", "100") for name in ("killed", "stopped")}
+    errs = {}
+    for name, proc in [("reference", reference), *resumes.items()]:
+        _, errs[name] = proc.communicate(timeout=120)
+        assert proc.returncode == 0, errs[name]
+    assert "completed 1500 steps" in errs["reference"]
+    assert "completed 1500 steps" in errs["killed"]
+    expected, got = _model_state(tmp_path / "reference"), _model_state(tmp_path / "killed")
+    assert got.keys() == expected.keys()
+    assert all(torch.equal(got[k], expected[k]) for k in got)
+    assert realnvp.load(tmp_path / "stopped").dim == 2
+    assert _leftovers(tmp_path / "reference") == []
