@@ -19,8 +19,19 @@ CASES = {
 }
 
 
+@pytest.fixture(params=["torchscript", "python"])
+def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run each check with the scripted kernels and with the plain Python fall-back."""
+    from realnvp.training import fast
+
+    if request.param == "python":
+        monkeypatch.setattr(fast, "_KERNELS", {"forward": fast._coupling_forward,
+                                               "backward": fast._coupling_backward})
+    return request.param
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_fast_step_matches_autograd(name: str) -> None:
+def test_fast_step_matches_autograd(name: str, kernels: str) -> None:
     kwargs = dict(CASES[name])
     kwargs.setdefault("hidden", (16, 16))
     flow = randomize(realnvp.RealNVP(n_layers=4, **kwargs), std=0.3).train()
