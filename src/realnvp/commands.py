@@ -220,7 +220,7 @@ def sample(run: Path, n: int, out: Path | None, seed: int) -> None:
     _check_output(out)
     generator = torch.Generator().manual_seed(int(seed))
     with torch.inference_mode():
-        x = flow.sample(int(n), generator=generator).double().numpy()
+        x = flow.sample(int(n), generator=generator).numpy()
     if out is None:
         _write_csv(sys.stdout, columns, x)
         return
@@ -255,6 +255,7 @@ def _write_csv(f: Any, columns: list[str], x: np.ndarray, extra: dict[str, np.nd
     f.write(",".join(_csv_name(c) for c in header) + "\n")
     blocks = [x, *[np.asarray(v).reshape(-1, 1) for v in extra.values()]]
     table = np.hstack([b.astype(np.float64) for b in blocks]) if extra else x
+    table = table if table.dtype in (np.float32, np.float64) else table.astype(np.float64)
     for row in table:
         f.write(",".join(_fmt(v) for v in row) + "\n")
 
@@ -263,8 +264,8 @@ def _csv_name(name: str) -> str:
     return f'"{name}"' if any(c in name for c in ',"\n') else name
 
 
-def _fmt(v: float) -> str:
-    return repr(float(v)) if not float(v).is_integer() or abs(v) > 1e15 else str(int(v))
+def _fmt(v: Any) -> str:
+    return str(v)  # numpy floats print the shortest text that reads back exactly
 
 
 def score(run: Path, file: Path, columns: str | None, out: Path | None,

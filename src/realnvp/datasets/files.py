@@ -314,7 +314,10 @@ def save_table(path: str | Path, data: np.ndarray, columns: Sequence[str]) -> Pa
 
     p = Path(path)
     suffix = p.suffix.lower()
-    data = np.asarray(data, dtype=np.float64)
+    data = np.asarray(data)
+    if data.dtype != np.float32:
+        data = data.astype(np.float64)
+    kind = data.dtype.type  # str() of a numpy float: the shortest text that reads back exactly
     if suffix not in SUFFIXES:
         raise TableError(f"{p.name}: unsupported file type {p.suffix or '(none)'!r}; "
                          f"expected one of {', '.join(SUFFIXES)}")
@@ -338,5 +341,5 @@ def save_table(path: str | Path, data: np.ndarray, columns: Sequence[str]) -> Pa
             writer = csv.writer(f, delimiter=sep, lineterminator="\n")
             writer.writerow(list(columns))
             for row in data:
-                writer.writerow([repr(float(v)) for v in row])
+                writer.writerow([str(kind(v)) for v in row])
     return p

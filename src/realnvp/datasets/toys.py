@@ -792,7 +792,9 @@ class Pinwheel(Toy):
         r"""Angles ``(lo, a, b, hi)`` with :math:`\psi` monotone on ``[lo, a]``, ``[a, b]``,
         ``[b, hi]``: ``a, b`` are the folds (both ``lo`` when there are none) and
         ``[lo, hi]`` the window of angles whose Gaussian factor can matter."""
-        half = torch.arccos((self._window_lower(rho) / rho.clamp_min(1e-300)).clamp(-1, 1))
+        lower = self._window_lower(rho)  # f_1 = rho cos(beta) >= lower
+        ratio = (lower / rho.clamp_min(1e-300)).clamp(-1.0, 1.0)
+        half = torch.where(lower <= -rho, math.pi, torch.arccos(ratio))
         lo, hi = -half, half
         a, b = self._folds(rho)
         a = torch.minimum(torch.maximum(a, lo), hi)
@@ -805,28 +807,25 @@ class Pinwheel(Toy):
         :math:`\cos\beta^* = 2\rho / (1 + \sqrt{1 + 4\rho^2})`; if :math:`\psi' < 0` there,
         one fold lies on each side of :math:`\beta^*`, found by bisection in log space."""
         star = -torch.arccos(2 * rho / (1 + torch.sqrt(1 + 4 * rho.square())))
+        log_rate = math.log(self.rate)
 
-        def folded(beta: Tensor) -> Tensor:  # psi'(beta) < 0, without overflow
-            r = rho[:, None] if beta.ndim > 1 else rho
-            return torch.log(r) + torch.log(-torch.sin(beta)) + r * torch.cos(beta) > math.log(
-                1 / self.rate
-            )
+        def folded(r: Tensor, beta: Tensor) -> Tensor:  # psi'(beta) < 0, without overflow
+            return torch.log(r) + torch.log(-torch.sin(beta)) + r * torch.cos(beta) > -log_rate
 
-        has_fold = folded(star)
-        a = torch.full_like(rho, -math.pi)
-        b = torch.zeros_like(rho)
-        lo = torch.stack([a, star], 1)  # bracket of each fold: psi' changes sign inside
-        hi = torch.stack([star, b], 1)
-        outside_is_lo = torch.tensor([True, False], device=rho.device)  # unfolded end
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            unfolded = ~folded(mid)
-            move_lo = unfolded == outside_is_lo
-            lo, hi = torch.where(move_lo, mid, lo), torch.where(move_lo, hi, mid)
-        folds = (lo + hi) / 2
-        none = -math.pi * torch.ones_like(folds)  # replaced by the window's lower end
-        folds = torch.where(has_fold[:, None], folds, none)
-        return folds[:, 0], folds[:, 1]
+        a = torch.full_like(rho, -math.pi)  # no fold: both at -pi, clamped to the window
+        b = a.clone()
+        has = folded(rho, star).nonzero().squeeze(1)
+        if has.numel():
+            r, mid_star = rho[has, None], star[has, None]
+            lo = torch.cat([torch.full_like(mid_star, -math.pi), mid_star], 1)
+            hi = torch.cat([mid_star, torch.zeros_like(mid_star)], 1)
+            unfolded_at_lo = torch.tensor([True, False], device=rho.device)
+            for _ in range(60):  # bisection: psi' changes sign inside each bracket
+                mid = (lo + hi) / 2
+                move_lo = ~folded(r, mid) == unfolded_at_lo
+                lo, hi = torch.where(move_lo, mid, lo), torch.where(move_lo, hi, mid)
+            a[has], b[has] = ((lo + hi) / 2).unbind(1)
+        return a, b
 
     def _window_lower(self, rho: Tensor) -> Tensor:
         r"""Smallest :math:`f_1` worth searching: the Gaussian bound on the circle,
