@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from registry import randomize
 
 import realnvp
 from realnvp.training.fast import fast_step_for
+
+from registry import randomize
 
 CASES = {
     "moons-default": {"dim": 2},
