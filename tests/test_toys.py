@@ -244,7 +244,7 @@ def _reference_swissroll(x: np.ndarray) -> np.ndarray:
 
 
 def _reference_2spirals(x: np.ndarray) -> np.ndarray:
-    u = np.linspace(0, 3 * np.pi, 200_001)
+    u = np.linspace(0, 3 * np.pi, 100_001)
     arm = np.stack([-u * np.cos(u), u * np.sin(u)], -1) / 3
     w, s = 0.5 / 3, 0.1
 

@@ -1,138 +1,287 @@
-"""Users' tables (CSV, TSV, NPY, Parquet) read into validated float64 arrays."""
+"""Users' tables (CSV, TSV, TXT, NPY, Parquet): read with validation, streamed, or written."""
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
+import itertools
+import operator
+import os
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+import pandas as pd
 
-__all__ = ["SUFFIXES", "Table", "TableError", "iter_table_chunks", "load_table", "save_table"]
+from realnvp.io import atomic_open
+
+__all__ = [
+    "READ_SUFFIXES",
+    "WRITE_SUFFIXES",
+    "Table",
+    "TableError",
+    "iter_table_chunks",
+    "load_table",
+    "save_table",
+]
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".dat")
-SUFFIXES = (*TEXT_SUFFIXES, ".npy", ".parquet", ".pq")
+PARQUET_SUFFIXES = (".parquet", ".pq")
+READ_SUFFIXES = (*TEXT_SUFFIXES, ".npy", *PARQUET_SUFFIXES)
+"""File types :func:`load_table` reads, chosen by suffix (case-insensitive)."""
+
+WRITE_SUFFIXES = (".csv", ".tsv", ".npy", *PARQUET_SUFFIXES)
+"""File types :func:`save_table` writes."""
+
+Columns = str | Sequence[str | int] | None
+"""A column selection: names or 0-based indices, as a list or a comma-separated string."""
+
+_HEAD_BYTES = 8192
+_SNIFF_LINES = 50
+_MAGIC = {
+    b"\x93NUMPY": "looks like a NumPy .npy file; give it the .npy suffix",
+    b"PAR1": "looks like a Parquet file; give it the .parquet suffix",
+    b"PK\x03\x04": "is a zip archive (an .xlsx or .npz?); export it as CSV",
+    b"\x1f\x8b": "is gzip-compressed; decompress it first",
+}
 
 
 class TableError(ValueError):
-    """A table file cannot be used: the message names the file and, where known, the column
-    and the line (1-based, as an editor shows it, header included) or row (NPY/Parquet)."""
+    """A table file cannot be used: the one-line message names the file and, where it
+    applies, the column and the place.
+
+    Places are 1-based and read as a person would find them: ``line N`` in a text file
+    is the N-th line an editor shows (the header, when there is one, is line 1, and
+    blank lines count), and ``row N`` in an NPY or Parquet file is the N-th data row.
+
+    Example:
+        >>> try:
+        ...     load_table("no/such/data.csv")
+        ... except TableError as e:
+        ...     print(e)
+        no/such/data.csv: no such file
+    """
 
 
-@dataclass
+@dataclass(frozen=True)
 class Table:
-    """Numeric rows of a file: ``data`` is float64 ``(rows, columns)``."""
+    """A validated numeric table: float64 ``data`` (rows, columns) and the column names.
+
+    Example:
+        >>> t = Table(np.zeros((3, 2)), ["x", "y"])
+        >>> t.data.shape, t.columns
+        ((3, 2), ['x', 'y'])
+    """
 
     data: np.ndarray
     columns: list[str]
 
 
-Columns = str | Sequence[str | int] | None
-
-
-def load_table(path: str | Path, columns: Columns = None, n_columns: int | None = None) -> Table:
-    """Read a whole table; every problem raises :class:`TableError` naming file, column, line.
-
-    Text files: UTF-8 (a BOM is fine), delimiter sniffed among comma, tab, semicolon and
-    white space; a first row that is not all numbers is the header, else the columns are
-    named ``x0, x1, ...``. Every selected value must be a finite number: empty cells, NaN,
-    infinities (also overflowing literals like ``1e400``) and words, ``True``/``False``
-    included, are errors. ``columns`` picks columns by name or 0-based index (a list, or a
-    comma-separated string); unselected columns may hold anything.
+def load_table(path: str | os.PathLike[str], columns: Columns = None,
+               n_columns: int | None = None) -> Table:
+    """Read a whole table file, validated, as float64; see :func:`iter_table_chunks`.
 
     Example:
         >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "d.csv"
-        >>> _ = p.write_text("x,y,label\\n1,2,a\\n3,4,b\\n")
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "data.csv"
+        >>> _ = p.write_text("x,y,label\\n1,2,cat\\n3,4.5,dog\\n")
         >>> t = load_table(p, columns="x,y")
         >>> t.columns, t.data.tolist()
-        (['x', 'y'], [[1.0, 2.0], [3.0, 4.0]])
+        (['x', 'y'], [[1.0, 2.0], [3.0, 4.5]])
     """
     names, chunks = iter_table_chunks(path, columns, n_columns, chunk_rows=1_000_000)
-    parts = list(chunks)
-    if not parts:
-        raise TableError(f"{Path(path).name}: header only, no data rows")
-    return Table(np.concatenate(parts, axis=0), names)
+    blocks = list(chunks)
+    data = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+    return Table(data, names)
 
 
 def iter_table_chunks(
-    path: str | Path, columns: Columns = None, n_columns: int | None = None,
+    path: str | os.PathLike[str],
+    columns: Columns = None,
+    n_columns: int | None = None,
     chunk_rows: int = 100_000,
 ) -> tuple[list[str], Iterator[np.ndarray]]:
-    """``(column names, iterator of float64 chunks)``, validated like :func:`load_table`.
+    """Open a table file and stream it as float64 blocks of at most ``chunk_rows`` rows.
 
-    Memory stays bounded by ``chunk_rows`` whatever the file's size; errors found in a later
-    chunk name the line in the whole file.
+    Returns ``(names, chunks)``. The format follows the suffix (:data:`READ_SUFFIXES`):
+
+    - ``.csv``, ``.tsv``, ``.txt``, ``.dat``: UTF-8 text, with or without a byte-order
+      mark; the delimiter (comma, tab, semicolon or runs of whitespace) is sniffed from
+      the first lines. If every field of the first line is a number there is no header
+      and the columns are named ``x0, x1, ...``; otherwise the first line is the header
+      (an empty name becomes ``column<i>``). Blank lines are skipped but counted in line
+      numbers; a quoted field spanning lines would shift them.
+    - ``.npy``: a 2-D numeric array, memory-mapped, never unpickled; columns ``x0...``.
+    - ``.parquet``, ``.pq``: numeric columns, read in record batches.
+
+    ``columns`` picks columns by name or 0-based index (a list, or a string such as
+    ``"x,y"`` or ``"0,1"``); names win over indices when a header holds digits. Columns
+    left out may hold anything, e.g. text labels. ``n_columns``, if given, is the
+    number of columns the caller needs. Selected values must be finite numbers: text,
+    empty cells, NaN, infinities (including numbers too large for float64) and
+    booleans (True/False is a label, not a measurement) raise :class:`TableError` naming
+    the first bad cell. Problems with the file itself, its header or the selection
+    are raised at once, with the first chunk; problems later in the data are raised
+    while iterating, with line numbers counted from the top of the file. Memory stays
+    bounded by ``chunk_rows`` (text through pandas' chunked reader, NPY memory-mapped,
+    Parquet in record batches).
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "data.tsv"
+        >>> _ = p.write_text("1\\t2\\n3\\t4\\n5\\t6\\n")
+        >>> names, chunks = iter_table_chunks(p, chunk_rows=2)
+        >>> names, [c.shape for c in chunks]
+        (['x0', 'x1'], [(2, 2), (1, 2)])
     """
-    p = _check_path(path)
-    suffix = p.suffix.lower()
-    if suffix == ".npy":
-        return _npy_chunks(p, columns, n_columns, chunk_rows)
-    if suffix in (".parquet", ".pq"):
-        return _parquet_chunks(p, columns, n_columns, chunk_rows)
-    return _text_chunks(p, columns, n_columns, chunk_rows)
+    if isinstance(chunk_rows, bool) or not isinstance(chunk_rows, int) or chunk_rows < 1:
+        raise ValueError(f"Expected chunk_rows >= 1; got {chunk_rows!r}")
+    if n_columns is not None and (isinstance(n_columns, bool) or operator.index(n_columns) < 1):
+        raise ValueError(f"Expected n_columns >= 1; got {n_columns!r}")
+    source = _open_source(path)
+    _check_unique(source.names, source.label)
+    selected = _select(source.names, columns, source.label)
+    if n_columns is not None and len(selected) != n_columns:
+        raise TableError(f"{source.label}: expected {n_columns} columns; got {len(selected)}")
+    chunks = source.chunks(selected, chunk_rows)
+    first = next(chunks, None)
+    if first is None:
+        raise TableError(f"{source.label}: {source.no_rows}")
+    return [source.names[i] for i in selected], itertools.chain([first], chunks)
 
 
-def _check_path(path: str | Path) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise TableError(f"{p}: no such file")
-    if p.is_dir():
-        raise TableError(f"{p}: is a directory, not a file")
-    if p.suffix.lower() not in SUFFIXES:
-        raise TableError(f"{p.name}: unsupported file type {p.suffix or '(none)'!r}; "
-                         f"expected one of {', '.join(SUFFIXES)}")
-    try:
-        size = p.stat().st_size
-    except OSError as e:
-        raise TableError(f"{p}: cannot read ({e.strerror})") from None
-    if size == 0:
-        raise TableError(f"{p.name}: empty file")
-    return p
+def save_table(path: str | os.PathLike[str], data: object, columns: Sequence[str]) -> Path:
+    """Write a numeric table atomically (never a half-written file); returns the path.
 
+    The format follows the suffix (:data:`WRITE_SUFFIXES`): CSV or TSV with a header
+    line, NPY (names not stored) or Parquet (one column per name). float32 data stays
+    float32 (so the text is the shortest that reads back to the same float32), anything
+    else is written as float64; text holds the shortest digits that read back exactly.
+    Finite values read back unchanged with :func:`load_table` (NaN and infinities are
+    written as ``nan``/``inf``, which :func:`load_table` then refuses).
 
-def _select(names: list[str], columns: Columns, n_columns: int | None, file: str) -> list[int]:
-    seen: set[str] = set()
-    dupes = sorted({n for n in names if n in seen or seen.add(n)})  # type: ignore[func-returns-value]
-    if columns is None:
-        chosen = list(range(len(names)))
+    Example:
+        >>> import tempfile, pathlib
+        >>> p = pathlib.Path(tempfile.mkdtemp()) / "samples.csv"
+        >>> _ = save_table(p, np.array([[0.5, 1.0], [2.0, -3.25]]), ["x", "y"])
+        >>> print(p.read_text(), end="")
+        x,y
+        0.5,1.0
+        2.0,-3.25
+    """
+    target = Path(path)
+    label = os.fspath(path)
+    suffix = target.suffix.lower()
+    if suffix not in WRITE_SUFFIXES:
+        raise TableError(
+            f"{label}: unsupported file type {suffix or '(no suffix)'!r} for writing; "
+            f"expected one of: {', '.join(WRITE_SUFFIXES)}"
+        )
+    array = _check_writable(data, columns, label)
+    names = [str(c) for c in columns]
+    if not target.parent.is_dir():
+        raise TableError(f"{target.parent}: no such folder")
+    if target.is_dir():
+        raise TableError(f"{label}: is a directory")
+    if suffix in (".csv", ".tsv"):
+        frame = pd.DataFrame(array, columns=names)
+        with atomic_open(target, "w", newline="", encoding="utf-8") as f:
+            frame.to_csv(f, sep="," if suffix == ".csv" else "\t", index=False,
+                         lineterminator="\n")
+    elif suffix == ".npy":
+        with atomic_open(target, "wb") as f:
+            np.save(f, array, allow_pickle=False)
     else:
-        wanted = [c.strip() for c in columns.split(",")] if isinstance(columns, str) else list(
-            columns)
-        chosen = []
-        for c in wanted:
-            if isinstance(c, str) and c in names:
-                chosen.append(names.index(c))
-            elif isinstance(c, int) or (isinstance(c, str) and c.lstrip("-").isdigit()):
-                i = int(c)
-                if not 0 <= i < len(names):
-                    raise TableError(f"--columns: index {i} out of range for {file} "
-                                     f"({len(names)} columns)")
-                chosen.append(i)
-            else:
-                raise TableError(f"--columns: no column {c!r} in {file} "
-                                 f"(columns: {', '.join(names)})")
-        if not chosen:
-            raise TableError("--columns: no columns selected")
-    picked = [names[i] for i in chosen]
-    bad = [d for d in dupes if d in picked]
-    if bad:
-        raise TableError(f"{file}: duplicate column names: {', '.join(map(repr, bad))}")
-    if len(set(chosen)) != len(chosen):
-        raise TableError(f"--columns: a column is selected twice ({', '.join(picked)})")
-    if n_columns is not None and len(chosen) != n_columns:
-        raise TableError(f"{file}: expected {n_columns} columns; got {len(chosen)}"
-                         + (f" ({', '.join(picked)})" if len(picked) <= 10 else ""))
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({name: array[:, j] for j, name in enumerate(names)})
+        with atomic_open(target, "wb") as f:
+            pq.write_table(table, f)
+    return target
+
+
+# ---------------------------------------------------------------------------------------
+# Validation shared by all formats
+# ---------------------------------------------------------------------------------------
+
+
+def _check_writable(data: object, columns: Sequence[str], label: str) -> np.ndarray:
+    array = np.asarray(data)
+    if array.ndim != 2:
+        raise ValueError(f"Expected 2-D data (rows, columns); got shape {array.shape}")
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"Expected numeric data; got values of type {array.dtype}")
+    if isinstance(columns, str) or len(columns) != array.shape[1]:
+        raise ValueError(
+            f"Expected {array.shape[1]} column names (a list); got {columns!r}"
+        )
+    names = [str(c) for c in columns]
+    if any(not name.strip() for name in names):
+        raise ValueError(f"Expected non-empty column names; got {names!r}")
+    _check_unique(names, label)
+    if all(_is_number(name) for name in names):
+        raise ValueError(
+            f"Column names that are all numbers ({', '.join(names)}) would read back as "
+            "a data row; choose other names"
+        )
+    dtype = np.float32 if array.dtype == np.float32 else np.float64
+    return np.ascontiguousarray(array, dtype=dtype)
+
+
+def _check_unique(names: list[str], label: str) -> None:
+    seen, dupes = set(), []
+    for name in names:
+        if name in seen and name not in dupes:
+            dupes.append(name)
+        seen.add(name)
+    if dupes:
+        raise TableError(f"{label}: duplicate column names: {', '.join(map(repr, dupes))}")
+
+
+def _select(names: list[str], columns: Columns, label: str) -> list[int]:
+    """0-based indices of the selected columns, in the order given."""
+    if columns is None:
+        return list(range(len(names)))
+    items: list[str | int]
+    if isinstance(columns, str):
+        items = [part.strip() for part in columns.split(",")]
+    elif isinstance(columns, Sequence):
+        items = list(columns)
+    else:
+        raise TypeError(f"Expected columns as a list or a comma-separated string; got "
+                        f"{type(columns).__name__}")
+    if not items or items == [""]:
+        raise TableError("--columns: no columns given")
+    listing = _listing(names)
+    index = {name: i for i, name in enumerate(names)}
+    chosen: list[int] = []
+    for item in items:
+        if isinstance(item, str) and item in index:
+            i = index[item]
+        elif isinstance(item, str) and re.fullmatch(r"\d+", item):
+            i = int(item)
+        elif isinstance(item, str):
+            raise TableError(f"--columns: no column {item!r} in {label} (columns: {listing})")
+        else:
+            if isinstance(item, bool):
+                raise TypeError("Expected column names or indices; got bool")
+            i = operator.index(item)
+            if i < 0:
+                raise TableError(f"--columns: expected column indices >= 0; got {i}")
+        if i >= len(names):
+            raise TableError(f"--columns: no column {i} in {label} (columns: {listing})")
+        if i in chosen:
+            raise TableError(f"--columns: column {names[i]!r} selected twice")
+        chosen.append(i)
     return chosen
 
 
-def _sniff(first_line: str) -> str | None:
-    counts = {d: first_line.count(d) for d in (",", "\t", ";")}
-    best = max(counts, key=lambda d: counts[d])
-    return best if counts[best] > 0 else None  # None: split on white space
+def _listing(names: list[str], limit: int = 20) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
 def _is_number(text: str) -> bool:
@@ -140,206 +289,332 @@ def _is_number(text: str) -> bool:
         float(text)
     except ValueError:
         return False
-    return True
+    return bool(text.strip())
 
 
-def _text_chunks(p: Path, columns: Columns, n_columns: int | None, chunk_rows: int
-                 ) -> tuple[list[str], Iterator[np.ndarray]]:
-    import pandas as pd
-
-    name = p.name
-    with p.open("rb") as f:
-        head = f.read(65536)
-    if b"\x00" in head:
-        raise TableError(f"{name}: not a text file (binary data)")
-    try:
-        text = head.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        if len(head) < 65536:
-            raise TableError(f"{name}: not UTF-8 text") from None
-        text = head[:-4].decode("utf-8-sig", errors="ignore")
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise TableError(f"{name}: empty file (no data rows)")
-    sep = "\t" if p.suffix.lower() == ".tsv" else _sniff(lines[0])
-    first = next(csv.reader([lines[0]], delimiter=sep)) if sep else lines[0].split()
-    first = [c.strip() for c in first]
-    has_header = not all(_is_number(c) for c in first)
-    names = first if has_header else [f"x{i}" for i in range(len(first))]
-    if has_header and any(n == "" for n in names):
-        names = [n or f"column{i}" for i, n in enumerate(names)]
-    chosen = _select(names, columns, n_columns, name)
-    try:
-        reader = pd.read_csv(
-            p, sep=sep if sep else r"\s+", header=None, skiprows=1 if has_header else 0,
-            dtype=str, keep_default_na=False, chunksize=chunk_rows, encoding="utf-8-sig",
-            skip_blank_lines=True, engine="c" if sep else "python",
-        )
-    except pd.errors.EmptyDataError:
-        raise TableError(f"{name}: header only, no data rows") from None
-    offset = 2 if has_header else 1
-
-    def chunks() -> Iterator[np.ndarray]:
-        nonlocal offset
-        seen_rows = False
-        try:
-            for frame in reader:
-                if frame.shape[1] != len(names):
-                    raise TableError(f"{name}: expected {len(names)} fields per line; "
-                                     f"got {frame.shape[1]}")
-                block = _parse_text_block(frame.iloc[:, chosen], names, chosen, name, offset)
-                offset += frame.shape[0]
-                seen_rows = seen_rows or frame.shape[0] > 0
-                yield block
-        except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as e:
-            if isinstance(e, TableError):
-                raise
-            raise TableError(f"{name}: {' '.join(str(e).split())[:200]}") from None
-        if not seen_rows:
-            raise TableError(f"{name}: header only, no data rows")
-
-    return [names[i] for i in chosen], chunks()
+def _first_nonfinite(block: np.ndarray) -> tuple[int, int] | None:
+    """``(row, column)`` of the first non-finite value in row-major order, if any."""
+    bad = ~np.isfinite(block)
+    if not bad.any():
+        return None
+    row = int(bad.any(axis=1).argmax())
+    return row, int(bad[row].argmax())
 
 
-def _parse_text_block(frame: Any, names: list[str], chosen: list[int], file: str,
-                      offset: int) -> np.ndarray:
-    import pandas as pd
-
-    out = np.empty(frame.shape, dtype=np.float64)
-    for j in range(frame.shape[1]):
-        raw = frame.iloc[:, j].str.strip()
-        values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64)
-        bad = ~np.isfinite(values)
-        if bad.any():
-            i = int(np.argmax(bad))
-            cell = raw.iloc[i]
-            col = names[chosen[j]]
-            where = f"in column {col!r} at line {offset + i}"
-            if cell == "" or cell.lower() in ("nan", "na", "n/a", "null", "none"):
-                raise TableError(f"{file}: missing or NaN value {where}")
-            if _is_number(cell):
-                raise TableError(f"{file}: infinite value {cell!r} {where}")
-            hint = " (pick numeric columns with --columns)" if len(names) > len(chosen) or (
-                len(names) > 1) else ""
-            raise TableError(f"{file}: non-numeric value {cell[:40]!r} {where}{hint}")
-        out[:, j] = values
-    return out
+def _nonfinite_message(value: float, name: str) -> str:
+    return f"{'NaN' if np.isnan(value) else 'infinite value'} in column {name!r}"
 
 
-def _check_block(block: np.ndarray, names: list[str], file: str, first_row: int) -> np.ndarray:
-    finite = np.isfinite(block)
-    if not finite.all():
-        i, j = np.argwhere(~finite)[0]
-        kind = "NaN" if np.isnan(block[i, j]) else "infinite value"
-        raise TableError(f"{file}: {kind} in column {names[j]!r} at row {first_row + i}")
-    return block
+# ---------------------------------------------------------------------------------------
+# Sources: one per format, each with names, a label and a chunk iterator
+# ---------------------------------------------------------------------------------------
 
 
-def _npy_chunks(p: Path, columns: Columns, n_columns: int | None, chunk_rows: int
-                ) -> tuple[list[str], Iterator[np.ndarray]]:
-    try:
-        arr = np.load(p, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        if "pickle" in str(e).lower() or "object" in str(e).lower():
-            raise TableError(f"{p.name}: holds Python objects (pickle); refused, since loading "
-                             "a pickle can run code") from None
-        raise TableError(f"{p.name}: not a valid NPY file ({e})") from None
-    except (OSError, EOFError) as e:
-        raise TableError(f"{p.name}: not a valid NPY file ({e})") from None
-    if arr.ndim == 1:
-        raise TableError(f"{p.name}: a 1-D array of {arr.shape[0]} values; save it as 2-D "
-                         "(rows, features), e.g. x.reshape(-1, 1)")
-    if arr.ndim != 2:
-        raise TableError(f"{p.name}: expected a 2-D array (rows, features); got shape "
-                         f"{arr.shape}")
-    if not (np.issubdtype(arr.dtype, np.number) and not np.issubdtype(arr.dtype,
-                                                                      np.complexfloating)):
-        raise TableError(f"{p.name}: expected numbers; got dtype {arr.dtype}")
-    if arr.shape[0] == 0:
-        raise TableError(f"{p.name}: no data rows")
-    names = [f"x{i}" for i in range(arr.shape[1])]
-    chosen = _select(names, columns, n_columns, p.name)
+class _Source:
+    """A readable table: ``names`` of all columns and ``chunks(selected, rows)``."""
 
-    def chunks() -> Iterator[np.ndarray]:
-        for start in range(0, arr.shape[0], chunk_rows):
-            block = np.asarray(arr[start : start + chunk_rows][:, chosen], dtype=np.float64)
-            yield _check_block(block, [names[i] for i in chosen], p.name, start + 1)
+    label: str
+    names: list[str]
+    no_rows = "no data rows"
 
-    return [names[i] for i in chosen], chunks()
+    def chunks(self, selected: list[int], rows: int) -> Iterator[np.ndarray]:
+        raise NotImplementedError
 
 
-def _parquet_chunks(p: Path, columns: Columns, n_columns: int | None, chunk_rows: int
-                    ) -> tuple[list[str], Iterator[np.ndarray]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(p)
-    except (pa.ArrowException, OSError) as e:
-        raise TableError(f"{p.name}: not a valid Parquet file ({e})") from None
-    names = [str(n) for n in pf.schema_arrow.names]
-    chosen = _select(names, columns, n_columns, p.name)
-    picked = [names[i] for i in chosen]
-    for i in chosen:
-        field = pf.schema_arrow.field(i)
-        if not (pa.types.is_integer(field.type) or pa.types.is_floating(field.type)):
-            raise TableError(f"{p.name}: column {names[i]!r} is not numeric ({field.type})")
-    if pf.metadata.num_rows == 0:
-        raise TableError(f"{p.name}: no data rows")
-
-    def chunks() -> Iterator[np.ndarray]:
-        start = 1
-        for batch in pf.iter_batches(batch_size=chunk_rows, columns=picked):
-            block = np.column_stack([
-                batch.column(k).to_numpy(zero_copy_only=False).astype(np.float64)
-                for k in range(len(picked))
-            ])
-            yield _check_block(block, picked, p.name, start)
-            start += block.shape[0]
-
-    return picked, chunks()
-
-
-def save_table(path: str | Path, data: np.ndarray, columns: Sequence[str]) -> Path:
-    """Write rows to CSV, TSV, NPY or Parquet (by suffix), atomically.
-
-    Example:
-        >>> import tempfile, pathlib
-        >>> p = pathlib.Path(tempfile.mkdtemp()) / "s.csv"
-        >>> _ = save_table(p, np.array([[1.5, 2.0]]), ["a", "b"])
-        >>> p.read_text()
-        'a,b\\n1.5,2.0\\n'
-    """
-    from realnvp.io import atomic_open
-
+def _open_source(path: str | os.PathLike[str]) -> _Source:
+    label = os.fspath(path)
     p = Path(path)
     suffix = p.suffix.lower()
-    data = np.asarray(data)
-    if data.dtype != np.float32:
-        data = data.astype(np.float64)
-    kind = data.dtype.type  # str() of a numpy float: the shortest text that reads back exactly
-    if suffix not in SUFFIXES:
-        raise TableError(f"{p.name}: unsupported file type {p.suffix or '(none)'!r}; "
-                         f"expected one of {', '.join(SUFFIXES)}")
+    if suffix not in READ_SUFFIXES:
+        raise TableError(
+            f"{label}: unsupported file type {suffix or '(no suffix)'!r}; "
+            f"expected one of: {', '.join(READ_SUFFIXES)}"
+        )
+    if not p.exists():
+        raise TableError(f"{label}: no such file")
     if p.is_dir():
-        raise TableError(f"{p}: is a directory; give a file name")
-    if not p.parent.is_dir():
-        raise TableError(f"{p.parent}: no such folder")
-    if suffix == ".npy":
-        with atomic_open(p, "wb") as f:
-            np.save(f, data, allow_pickle=False)
-    elif suffix in (".parquet", ".pq"):
-        import pandas as pd
+        raise TableError(f"{label}: is a directory")
+    try:
+        if suffix == ".npy":
+            return _NpySource(p, label)
+        if suffix in PARQUET_SUFFIXES:
+            return _ParquetSource(p, label)
+        return _TextSource(p, label, suffix)
+    except PermissionError:
+        raise TableError(f"{label}: permission denied") from None
+    except IsADirectoryError:
+        raise TableError(f"{label}: is a directory") from None
 
-        buffer = io.BytesIO()
-        pd.DataFrame(data, columns=list(columns)).to_parquet(buffer, index=False)
-        with atomic_open(p, "wb") as f:
-            f.write(buffer.getvalue())
-    else:
-        sep = "\t" if suffix == ".tsv" else ","
-        with atomic_open(p, "w", newline="") as f:
-            writer = csv.writer(f, delimiter=sep, lineterminator="\n")
-            writer.writerow(list(columns))
-            for row in data:
-                writer.writerow([str(kind(v)) for v in row])
-    return p
+
+class _NpySource(_Source):
+    def __init__(self, path: Path, label: str) -> None:
+        self.label = label
+        with open(path, "rb") as f:
+            magic = f.read(6)
+        if not magic:
+            raise TableError(f"{label}: empty file")
+        if magic.startswith(b"PK\x03\x04"):
+            raise TableError(f"{label}: an .npz archive, not an .npy array; save one array "
+                             "with np.save")
+        if magic != b"\x93NUMPY":
+            raise TableError(f"{label}: not a .npy file (no NumPy header)")
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:
+            if "pickle" in str(e) or "Python objects" in str(e):
+                raise TableError(
+                    f"{label}: holds Python objects (a pickle); only numeric arrays are "
+                    "read, and pickles never are (they can run code)"
+                ) from None
+            raise TableError(f"{label}: not a valid .npy file ({_one_line(e)})") from None
+        except (OSError, EOFError) as e:
+            raise TableError(f"{label}: not a valid .npy file ({_one_line(e)})") from None
+        kind = array.dtype.kind
+        if kind == "b":
+            raise TableError(f"{label}: holds booleans, not numbers")
+        if kind not in "iuf":
+            raise TableError(f"{label}: holds {array.dtype} values, not real numbers")
+        if array.ndim == 1:
+            raise TableError(
+                f"{label}: a 1-D array of shape {array.shape}; save it as 2-D (rows, "
+                "columns), e.g. x.reshape(-1, 1) for one column"
+            )
+        if array.ndim != 2:
+            raise TableError(f"{label}: expected a 2-D array (rows, columns); got shape "
+                             f"{array.shape}")
+        self.array = array
+        self.names = [f"x{i}" for i in range(array.shape[1])]
+
+    def chunks(self, selected: list[int], rows: int) -> Iterator[np.ndarray]:
+        for start in range(0, self.array.shape[0], rows):
+            block = np.asarray(self.array[start : start + rows][:, selected], dtype=np.float64)
+            bad = _first_nonfinite(block)
+            if bad is not None:
+                r, c = bad
+                message = _nonfinite_message(block[r, c], self.names[selected[c]])
+                raise TableError(f"{self.label}: {message} at row {start + r + 1}")
+            yield np.ascontiguousarray(block)
+
+
+class _ParquetSource(_Source):
+    def __init__(self, path: Path, label: str) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.label = label
+        if path.stat().st_size == 0:
+            raise TableError(f"{label}: empty file")
+        try:
+            self.file = pq.ParquetFile(path)
+        except (pa.ArrowException, OSError) as e:
+            raise TableError(f"{label}: not a valid Parquet file ({_one_line(e)})") from None
+        self.schema = self.file.schema_arrow
+        self.names = list(self.schema.names)
+
+    def chunks(self, selected: list[int], rows: int) -> Iterator[np.ndarray]:
+        import pyarrow as pa
+
+        for i in selected:
+            kind = self.schema.field(i).type
+            if pa.types.is_boolean(kind):
+                raise TableError(f"{self.label}: column {self.names[i]!r} holds booleans, "
+                                 "not numbers")
+            if not (pa.types.is_integer(kind) or pa.types.is_floating(kind)
+                    or pa.types.is_decimal(kind)):
+                raise TableError(f"{self.label}: column {self.names[i]!r} is not numeric "
+                                 f"(type {kind})")
+        start = 0
+        picked = [self.names[i] for i in selected]
+        for batch in self.file.iter_batches(batch_size=rows, columns=picked):
+            block = np.empty((batch.num_rows, len(selected)))
+            for j in range(len(selected)):
+                column = batch.column(j)
+                if column.null_count:
+                    row = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+                    raise TableError(f"{self.label}: missing value in column "
+                                     f"{self.names[selected[j]]!r} at row {start + row + 1}")
+                block[:, j] = column.to_numpy(zero_copy_only=False).astype(np.float64)
+            bad = _first_nonfinite(block)
+            if bad is not None:
+                r, c = bad
+                message = _nonfinite_message(block[r, c], self.names[selected[c]])
+                raise TableError(f"{self.label}: {message} at row {start + r + 1}")
+            start += batch.num_rows
+            if batch.num_rows:
+                yield block
+
+
+class _TextSource(_Source):
+    """Delimited text: sniff encoding problems, the delimiter and the header, then read
+    with pandas' chunked C parser (only the selected columns are parsed)."""
+
+    no_rows = "header only, no data rows"
+
+    def __init__(self, path: Path, label: str, suffix: str) -> None:
+        self.path, self.label = path, label
+        with open(path, "rb") as f:
+            head = f.read(_HEAD_BYTES)
+        if not head:
+            raise TableError(f"{label}: empty file")
+        self._check_text(head)
+        lines, first = self._first_lines()
+        if not lines:
+            raise TableError(f"{label}: empty file (only blank lines)")
+        self.sep = _sniff_delimiter(lines, suffix)
+        fields = _split(lines[0], self.sep)
+        self.has_header = not all(_is_number(f) for f in fields)
+        if self.has_header:
+            self.names = [f.strip() or f"column{i}" for i, f in enumerate(fields)]
+        else:
+            self.names = [f"x{i}" for i in range(len(fields))]
+            self.no_rows = "no data rows"
+        # Lines to skip before the data: blank lines before the first line, and the header.
+        self.skip = first + (1 if self.has_header else 0)
+
+    def _check_text(self, head: bytes) -> None:
+        for magic, what in _MAGIC.items():
+            if head.startswith(magic):
+                raise TableError(f"{self.label}: {what}")
+        controls = sum(byte < 9 or 13 < byte < 32 for byte in head)
+        if b"\x00" in head or controls > len(head) // 100:
+            raise TableError(f"{self.label}: not a text file (binary data; expected UTF-8 "
+                             "text such as CSV)")
+        try:
+            codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
+        except UnicodeDecodeError as e:
+            raise TableError(f"{self.label}: not UTF-8 text (byte {e.start + 1}); save it "
+                             "as UTF-8") from None
+
+    def _first_lines(self) -> tuple[list[str], int]:
+        """Up to 50 non-blank lines from the top, and how many lines precede the first."""
+        lines: list[str] = []
+        first = 0
+        try:
+            with open(self.path, encoding="utf-8-sig", newline="") as f:
+                for line in f:
+                    if not line.strip():
+                        first += not lines
+                        continue
+                    lines.append(line.rstrip("\r\n"))
+                    if len(lines) >= _SNIFF_LINES:
+                        break
+        except UnicodeDecodeError:
+            raise TableError(f"{self.label}: not UTF-8 text; save it as UTF-8") from None
+        return lines, first
+
+    def chunks(self, selected: list[int], rows: int) -> Iterator[np.ndarray]:
+        sep = r"\s+" if self.sep is None else self.sep
+        try:
+            reader = pd.read_csv(
+                self.path, sep=sep, header=None, names=list(range(len(self.names))),
+                index_col=False, skiprows=self.skip, dtype=None,
+                keep_default_na=False, na_values=[], skip_blank_lines=True,
+                encoding="utf-8-sig", chunksize=rows, engine="c",
+            )
+        except pd.errors.EmptyDataError:
+            return
+        done = 0
+        with reader:
+            while True:
+                try:
+                    frame = next(reader)
+                except StopIteration:
+                    return
+                except pd.errors.EmptyDataError:
+                    return
+                except pd.errors.ParserError as e:
+                    raise self._parser_error(e) from None
+                except UnicodeDecodeError:
+                    raise TableError(f"{self.label}: not UTF-8 text; save it as UTF-8") from None
+                if len(frame):
+                    yield self._block(frame[selected], selected, done)
+                done += len(frame)
+
+    def _parser_error(self, error: Exception) -> TableError:
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(error))
+        if found:
+            expected, line, saw = found.groups()
+            return TableError(f"{self.label}: line {line} has {saw} fields; expected {expected}")
+        return TableError(f"{self.label}: cannot parse ({_one_line(error)})")
+
+    def _block(self, frame: pd.DataFrame, selected: list[int], done: int) -> np.ndarray:
+        """Float64 values of one chunk, or :class:`TableError` for its first bad cell."""
+        block = np.empty(frame.shape)
+        problems: list[tuple[int, int, str]] = []  # (row, column, message)
+        for j, key in enumerate(frame.columns):
+            name = self.names[selected[j]]
+            series = frame[key]
+            if pd.api.types.is_bool_dtype(series):
+                raise TableError(f"{self.label}: column {name!r} holds booleans "
+                                 "(True/False), not numbers")
+            if pd.api.types.is_numeric_dtype(series):
+                values = series.to_numpy(dtype=np.float64)
+            else:
+                values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+                text = series.astype(str).to_numpy()
+                failed = np.isnan(values) & ~np.char.equal(np.char.lower(
+                    np.char.strip(text.astype(str))), "nan")
+                if failed.any():
+                    row = int(failed.argmax())
+                    problems.append((row, j, _text_problem(text[row], name)))
+                    values = np.where(failed, 0.0, values)
+            bad = ~np.isfinite(values)
+            if bad.any():
+                row = int(bad.argmax())
+                problems.append((row, j, _nonfinite_message(values[row], name)))
+            block[:, j] = values
+        if problems:
+            row, _, message = min(problems)
+            line = self._line_of(done + row)
+            raise TableError(f"{self.label}: {message} at line {line}")
+        return block
+
+    def _line_of(self, row: int) -> int:
+        """The 1-based line of data row ``row`` (0-based), skipping blank lines as pandas
+        does. Only called to report an error, so a scan of the file is fine."""
+        with open(self.path, "rb") as f:
+            number = 0
+            for number, raw in enumerate(f, start=1):
+                if number <= self.skip or not raw.strip():
+                    continue
+                if row == 0:
+                    return number
+                row -= 1
+        return number
+
+
+def _text_problem(text: str, name: str) -> str:
+    if not text.strip():
+        return f"missing value in column {name!r}"
+    shown = text if len(text) <= 40 else text[:37] + "..."
+    hint = " (use '.' for decimals, not ',')" if re.fullmatch(r"[+-]?\d+,\d+", text) else ""
+    return f"column {name!r} has a non-numeric value {shown!r}{hint}"
+
+
+def _sniff_delimiter(lines: list[str], suffix: str) -> str | None:
+    """The delimiter splitting every sampled line into the same number (> 1) of fields,
+    preferring the suffix's own; ``None`` means runs of whitespace."""
+    order = {".tsv": "\t,;", ".csv": ",;\t"}.get(suffix, "\t,;")
+    for sep in order:
+        counts = {len(_split(line, sep)) for line in lines}
+        if len(counts) == 1 and counts.pop() > 1:
+            return sep
+    counts = {len(line.split()) for line in lines}
+    if len(counts) == 1 and counts.pop() > 1:
+        return None
+    # Ragged lines: take whatever splits the first line most (pandas names the bad line).
+    best = max(order, key=lambda sep: len(_split(lines[0], sep)))
+    if len(_split(lines[0], best)) > 1:
+        return best
+    return None if len(lines[0].split()) > 1 else order[0]
+
+
+def _split(line: str, sep: str | None) -> list[str]:
+    if sep is None:
+        return line.split()
+    return next(csv.reader([line], delimiter=sep))
+
+
+def _one_line(error: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(error).split())
+    return text[:limit] + ("..." if len(text) > limit else "")

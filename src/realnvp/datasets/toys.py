@@ -50,7 +50,7 @@ class Toy(abc.ABC):
 
     Subclasses set ``name``, ``description`` and ``bounds`` and implement ``_sample`` and
     ``_log_prob``; the public :meth:`sample` and :meth:`log_prob` validate their input
-    first. :class:`Moons` is a short example of a subclass. Everything is float64 and
+    first; :class:`EightGaussians` is the shortest example. Everything is float64 and
     every random number comes from a ``torch.Generator``, never from the global RNG.
 
     Example:
@@ -106,15 +106,19 @@ class Toy(abc.ABC):
 
 
 def _check_n(n: object) -> int:
-    if isinstance(n, bool):
-        raise TypeError("Expected n to be an int; got bool")
-    try:
-        count = operator.index(n)  # type: ignore[call-overload]
-    except TypeError:
-        raise TypeError(f"Expected n to be an int; got {type(n).__name__}") from None
+    count = _as_int(n, "n")
     if count < 1:
         raise ValueError(f"Expected n >= 1; got {count}")
     return count
+
+
+def _as_int(value: object, what: str) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"Expected {what} to be an int; got bool")
+    try:
+        return operator.index(value)  # type: ignore[call-overload]
+    except TypeError:
+        raise TypeError(f"Expected {what} to be an int; got {type(value).__name__}") from None
 
 
 def _make_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
@@ -128,17 +132,8 @@ def _make_generator(seed: int | None, generator: torch.Generator | None) -> torc
     if seed is None:
         g.seed()  # from the operating system's entropy; the global RNG is untouched
     else:
-        g.manual_seed(_check_seed(seed))
+        g.manual_seed(_as_int(seed, "seed"))
     return g
-
-
-def _check_seed(seed: object) -> int:
-    if isinstance(seed, bool):
-        raise TypeError("Expected seed to be an int; got bool")
-    try:
-        return operator.index(seed)  # type: ignore[call-overload]
-    except TypeError:
-        raise TypeError(f"Expected seed to be an int; got {type(seed).__name__}") from None
 
 
 def _randn(g: torch.Generator, *shape: int) -> Tensor:
@@ -336,8 +331,8 @@ class Checkerboard(Toy):
 
 _PRUNE_NATS = 32.0  # panels whose bound is this far below the best are skipped (e^-32)
 _MAX_LEVEL = 6  # far points use up to 4**6 times more panels
-_END_GRADING = 10  # geometric panels at each end of a curve...
-_END_RATIO = 0.5  # ...each this fraction of the next
+_END_GRADING = 6  # geometric panels at each end of a curve...
+_END_RATIO = 0.25  # ...each this fraction of the next
 
 
 @dataclass(frozen=True)
@@ -413,7 +408,7 @@ class _CurveDensity:
               \approx \sum_j W_j\, w(t_j)\, k(x - c(t_j)).
 
     Composite Gauss-Legendre with ``order`` nodes on each of ``panels`` panels of equal arc
-    length, the two end panels split geometrically 10 times (beyond an end of the curve
+    length, the two end panels split geometrically 6 times by 4 (beyond an end of a curve
     the integrand falls off exponentially), summed with ``logsumexp``. For speed, a panel
     is skipped when the kernel's bound (distance from ``x`` to the box around the panel's
     nodes) puts its whole sum ``e^-32`` below the best panel's exact sum. A point at
@@ -531,7 +526,7 @@ class Moons(_CurveToy):
 
     computed by pruned Gauss-Legendre quadrature over :math:`t` (24 panels of 12 nodes,
     refined far away). Against a quadrature 8 times finer, the relative error of
-    :math:`p` is below 1e-13 in the bounds and out to 30 times beyond them.
+    :math:`p` is below 1e-12 in the bounds and out to 30 times beyond them.
 
     Example:
         >>> toy = Moons()
@@ -631,7 +626,7 @@ class TwoSpirals(_CurveToy):
     :math:`6[\Phi(z/0.1) - \Phi((z - 1/6)/0.1)]` (exact, see ``_Kernel``), and the
     :math:`u` integral is pruned Gauss-Legendre quadrature (56 panels of 12 nodes, refined
     far away). Against a quadrature 8 times finer, the relative error of :math:`p` is
-    below 1e-13 in the bounds and out to 30 times beyond them.
+    below 1e-12 in the bounds and out to 30 times beyond them.
 
     Example:
         >>> toy = TwoSpirals()
@@ -696,9 +691,9 @@ class Pinwheel(Toy):
     :math:`2\pi` in its range gives one root, polished by safeguarded Newton to 1e-14.
     The sum is exact to rounding, except that roots whose Gaussian factor is
     :math:`e^{-60}` below the largest on their circle are skipped, and at a fold itself
-    the density is infinite (an integrable singularity). Beyond :math:`|x| \approx 23`
-    (:math:`\log p < -600`) a blade winds through more than 1000 roots and float64
-    cannot follow the angle; there ``log_prob`` is the exact mean of the density around
+    the density is infinite (an integrable singularity). Beyond :math:`|x| \approx 21`
+    (:math:`\log p < -500`) the blades wind through more than 1000 roots and float64
+    soon cannot follow the angle; there ``log_prob`` is the exact mean of the density around
     the circle through :math:`x` (Laplace's method in :math:`\beta`, relative error below
     1e-4).
 
