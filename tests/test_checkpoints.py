@@ -107,9 +107,6 @@ def test_a_checkpoint_is_written_every_n_steps(tmp_path: Path) -> None:
     assert seen == {s: 5 * ((s - 1) // 5) for s in range(6, 21)}
 
 
-@pytest.mark.xfail(strict=True, reason="fit() checkpoints only at eval steps: with eval_every=10 "
-                   "a checkpoint_every of 4 writes at 20 only (fix in fit.py: move the save "
-                   "out of the eval block)")
 def test_checkpoint_every_need_not_be_a_multiple_of_eval_every(tmp_path: Path) -> None:
     seen: set[int] = set()
 
@@ -208,9 +205,6 @@ def test_ctrl_c_saves_a_loadable_checkpoint_then_reraises(tmp_path: Path) -> Non
     assert _leftovers(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason="Ctrl-C saves step N-1 with the weights of step N, and "
-                   "a resumed run keeps stopped='interrupted ...' (fix in fit.py: defer SIGINT "
-                   "to the step boundary; reset history.stopped on resume)")
 def test_resume_after_ctrl_c_ends_with_the_same_weights(tmp_path: Path) -> None:
     reference, ref_history, _ = _reference(tmp_path)
     run = tmp_path / "run"
@@ -321,10 +315,6 @@ def test_a_nan_in_a_training_batch_is_skipped_naming_the_step_and_never_checkpoi
 # --- the command line: seeding, SIGKILL, Ctrl-C, resume ---
 
 
-@pytest.mark.xfail(strict=True, reason="RealNVP(seed=...) seeds only permutations; the "
-                   "conditioners draw from the global RNG, which torch seeds at random per "
-                   "process, so `realnvp train --seed 3` twice gives different weights (fix: "
-                   "seed the init in RealNVP or runs.build_flow)")
 def test_the_same_seed_builds_the_same_initial_flow() -> None:
     from realnvp import runs
     from realnvp.training import TrainConfig
@@ -417,10 +407,5 @@ def test_cli_ctrl_c_then_sigkill_then_resume_finishes_the_run(
     expected = load_file(tmp_path / "reference" / "model.safetensors")
     got = load_file(run / "model.safetensors")
     assert got.keys() == expected.keys()
-    known_bugs = []  # each has a strict xfail test above; remove this once they are fixed
-    if "completed 400 steps" not in err:
-        known_bugs.append("a resumed run still reports 'interrupted at step N'")
-    if not all(torch.equal(got[k], expected[k]) for k in got):
-        known_bugs.append("the initial weights ignore --seed; Ctrl-C resumes inexactly")
-    if known_bugs:
-        pytest.xfail("; ".join(known_bugs))
+    assert "completed 400 steps" in err
+    assert all(torch.equal(got[k], expected[k]) for k in got)

@@ -244,7 +244,7 @@ def _check_output(out: Path | None) -> None:
         return
     if out.is_dir():
         raise ValueError(f"{out}: is a directory; give a file name")
-    if not out.parent.exists():
+    if not out.parent.is_dir():
         raise ValueError(f"{out.parent}: no such folder")
 
 

@@ -202,6 +202,8 @@ def _jsonable(value: Any) -> Any:
 
 
 _PERMUTATIONS = ("none", "reverse", "random", "lu")
+_COUPLINGS: dict[str, type] = {"affine": AffineCoupling, "additive": AdditiveCoupling,
+                               "spline": RationalQuadraticCoupling}
 
 
 @architecture("realnvp")
@@ -246,7 +248,8 @@ def RealNVP(  # noqa: N802 - a builder named like the class of model it makes
         learn_base: learn the base Gaussian's mean and scale.
         context_features: features of a conditioning input (conditional flow), 0 for none.
         standardize: start with a :class:`Standardize` layer (set by :func:`realnvp.fit`).
-        seed: seeds random permutations, so a rebuilt flow is identical.
+        seed: seeds the initial weights and random permutations (the global RNG is left
+            untouched), so the same arguments always build the same flow.
         bins: number of spline bins (``coupling="spline"`` only).
         spline_bound: splines act on ``[-B, B]`` (standardised units), identity outside.
 
@@ -262,12 +265,23 @@ def RealNVP(  # noqa: N802 - a builder named like the class of model it makes
         raise ValueError(f"Expected n_layers >= 1; got {n_layers}")
     if permutation not in _PERMUTATIONS:
         raise ValueError(f"Expected permutation in {list(_PERMUTATIONS)}; got {permutation!r}")
-    couplings = {"affine": AffineCoupling, "additive": AdditiveCoupling,
-                 "spline": RationalQuadraticCoupling}
-    if coupling not in couplings:
-        raise ValueError(f"Expected coupling in {sorted(couplings)}; got {coupling!r}")
+    if coupling not in _COUPLINGS:
+        raise ValueError(f"Expected coupling in {sorted(_COUPLINGS)}; got {coupling!r}")
     if mask not in ("alternating", "half"):
         raise ValueError(f"Expected mask 'alternating' or 'half'; got {mask!r}")
+    with torch.random.fork_rng(devices=[]):  # the same seed builds the same flow
+        torch.manual_seed(seed)
+        return _build_realnvp(dim, n_layers, hidden, activation, coupling, mask, scale_bound,
+                              permutation, actnorm, batchnorm, learn_base, context_features,
+                              standardize, seed, bins, spline_bound)
+
+
+def _build_realnvp(
+    dim: int, n_layers: int, hidden: Sequence[int], activation: str, coupling: str, mask: str,
+    scale_bound: float | None, permutation: str, actnorm: bool, batchnorm: bool,
+    learn_base: bool, context_features: int, standardize: bool, seed: int, bins: int,
+    spline_bound: float,
+) -> Flow:
     layers: list[Bijection] = []
     if standardize:
         layers.append(Standardize.identity(dim))
@@ -279,7 +293,7 @@ def RealNVP(  # noqa: N802 - a builder named like the class of model it makes
             extra = {"scale_bound": scale_bound}
         elif coupling == "spline":
             extra = {"bins": bins, "bound": spline_bound}
-        layers.append(_coupling(couplings[coupling], dim, i, mask, hidden, activation,
+        layers.append(_coupling(_COUPLINGS[coupling], dim, i, mask, hidden, activation,
                                 context_features, extra))
         if i < n_layers - 1:
             if batchnorm:

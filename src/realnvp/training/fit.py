@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -322,6 +324,7 @@ def fit(
     if resume and checkpoint_dir is not None:
         restored = ckpt.load_checkpoint(checkpoint_dir, flow, optimizer, scheduler)
         start_step, history, best_state = restored.step, restored.history, restored.best_state
+        history.stopped = ""
         generator.set_state(restored.generator_state)
         batches.order, batches.pos = restored.batch_order.to(torch.long), restored.batch_pos
     else:
@@ -338,39 +341,45 @@ def fit(
     t0 = time.perf_counter() - history.seconds
     running, count, bad_in_row = 0.0, 0, 0
     step = start_step
+
+    def checkpoint(at: int) -> None:
+        if checkpoint_dir is not None:
+            ckpt.save_checkpoint(checkpoint_dir, flow, optimizer, scheduler, generator, batches,
+                                 at, history, best_state)
+
+    interrupt = _DeferredInterrupt()
     try:
-        for step in range(start_step + 1, steps + 1):
-            xb = train.index_select(0, batches.next().to(dev))
-            loss, problem = train_step(xb)
-            if problem is not None:
-                bad_in_row = _skip(history, step, bar, problem, bad_in_row, max_bad_steps)
+        with interrupt:
+            for step in range(start_step + 1, steps + 1):
+                xb = train.index_select(0, batches.next().to(dev))
+                loss, problem = train_step(xb)
                 scheduler.step()
-                continue
-            scheduler.step()
-            bad_in_row = 0
-            running = running + loss  # a tensor: no device sync per step
-            count += 1
-            for callback in callbacks:
-                callback(step, flow)
-            if step % eval_every == 0 or step == steps:
-                best_state, stop = _evaluate(flow, val_eval, history, step,
-                                             float(running) / max(count, 1),
-                                             scheduler, t0, best_state, patience, bar)
-                running, count = 0.0, 0
-                if checkpoint_dir is not None and (step % checkpoint_every == 0 or stop):
-                    ckpt.save_checkpoint(checkpoint_dir, flow, optimizer, scheduler, generator,
-                                         batches, step, history, best_state)
+                if problem is not None:
+                    bad_in_row = _skip(history, step, bar, problem, bad_in_row, max_bad_steps)
+                else:
+                    bad_in_row = 0
+                    running = running + loss  # a tensor: no device sync per step
+                    count += 1
+                    for callback in callbacks:
+                        callback(step, flow)
+                stop = False
+                if step % eval_every == 0 or step == steps:
+                    best_state, stop = _evaluate(flow, val_eval, history, step,
+                                                 float(running) / max(count, 1),
+                                                 scheduler, t0, best_state, patience, bar)
+                    running, count = 0.0, 0
                 if stop:
                     history.stopped = f"early stopping at step {step}"
                     break
-            if bar is not None:
-                bar.update(1)
-    except KeyboardInterrupt:
-        history.stopped = f"interrupted at step {step}"
-        if checkpoint_dir is not None:
-            ckpt.save_checkpoint(checkpoint_dir, flow, optimizer, scheduler, generator, batches,
-                                 step - 1, history, best_state)
-        raise
+                if step % checkpoint_every == 0:
+                    checkpoint(step)
+                if bar is not None:
+                    bar.update(1)
+                if interrupt.requested:  # Ctrl-C: finish the step, save it, then stop
+                    history.stopped = f"interrupted at step {step}"
+                    history.seconds = time.perf_counter() - t0
+                    checkpoint(step)
+                    raise KeyboardInterrupt
     finally:
         torch.set_num_threads(threads)
         if bar is not None:
@@ -382,12 +391,34 @@ def fit(
         flow.load_state_dict(best_state)
     elif val is None:
         history.best_step, history.best_val_nll = step, math.nan
-    if checkpoint_dir is not None:
-        ckpt.save_checkpoint(checkpoint_dir, flow, optimizer, scheduler, generator, batches,
-                             steps if history.stopped.startswith("completed") else step,
-                             history, best_state)
+    checkpoint(step)
     flow.eval()
     return history
+
+
+class _DeferredInterrupt:
+    """Within ``with``: a first Ctrl-C only sets :attr:`requested` (the loop then saves a
+    checkpoint at the end of the step and stops); a second one interrupts at once. Only in
+    the main thread, where Python delivers signals; elsewhere it does nothing."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _DeferredInterrupt:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
 
 
 def _initialize(flow: Flow, train: Tensor) -> None:
