@@ -23,11 +23,11 @@ CASES = {
 @pytest.fixture(params=["torchscript", "python"])
 def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run each check with the scripted kernels and with the plain Python fall-back."""
-    from realnvp.training import fast
+    from realnvp.bijections import _kernels as k
 
     if request.param == "python":
-        monkeypatch.setattr(fast, "_KERNELS", {"forward": fast._coupling_forward,
-                                               "backward": fast._coupling_backward})
+        monkeypatch.setattr(k, "_CACHE", [k.Kernels(k.coupling_forward, k.coupling_backward,
+                                                    k.coupling_inverse)])
     return request.param
 
 

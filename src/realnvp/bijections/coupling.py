@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from realnvp.bijections._fused import FUSED_ACTIVATIONS, fused_affine
+from realnvp.bijections._kernels import kernels
 from realnvp.bijections.base import Bijection
 from realnvp.nn import MLP
 
@@ -135,6 +136,28 @@ class AffineCoupling(Coupling):
             raise ValueError(f"Expected a positive scale_bound or None; got {scale_bound}")
         self.scale_bound = scale_bound
 
+    def _scripted(self) -> bool:
+        """Plain conditioner, no context, no autograd: the TorchScript kernels apply."""
+        return (not torch.is_grad_enabled() and not self.context_features
+                and self.activation in FUSED_ACTIVATIONS
+                and not self.conditioner._forward_hooks)
+
+    def _kernel_args(self) -> tuple[list[Tensor], float, float, bool]:
+        return (self.conditioner.flat_parameters(), _or_zero(self.input_bound),
+                _or_zero(self.scale_bound), self.activation == "relu")
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self._scripted():  # scoring and sampling: one compiled call per layer
+            z, log_det, _ = kernels().forward(x, self.kept, self.transformed,
+                                              *self._kernel_args())
+            return z, log_det
+        return super().forward(x, context)
+
+    def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if self._scripted():
+            return kernels().inverse(z, self.kept, self.transformed, *self._kernel_args())
+        return super().inverse(z, context)
+
     def _forward_transformed(
         self, x1: Tensor, x2: Tensor, context: Tensor | None
     ) -> tuple[Tensor, Tensor]:
@@ -187,6 +210,10 @@ class AdditiveCoupling(Coupling):
         return z2 - params, z2.new_zeros(z2.shape[0])
 
 
+
+
+def _or_zero(bound: float | None) -> float:
+    return float(bound) if bound is not None else 0.0
 
 
 def _refresh_after_load(module: Coupling, _: object) -> None:
