@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,7 +231,31 @@ def make_train_step(flow: Flow, lr: float = 2e-3, clip_grad: float = 10.0
     """``step(x) -> loss``: the optimisation step :func:`fit` runs, for benchmarks and loops."""
     step = TrainStep(flow, lr=lr, clip_grad=clip_grad)
     flow.train()
-    return lambda x: step(x)[0]
+
+    def run(x: Tensor) -> Tensor:
+        with single_thread_for(x.shape[0], x.device):
+            return step(x)[0]
+
+    return run
+
+
+@contextlib.contextmanager
+def single_thread_for(batch_size: int, device: torch.device) -> Iterator[None]:
+    """One CPU thread for batches of up to 1024 rows, restored afterwards.
+
+    At these sizes each kernel is a few microseconds of work, and splitting it over threads
+    costs more than it gains; with a busy-waiting OpenMP runtime and another process on a
+    core, two threads were about 3x slower here. Larger batches keep torch's setting.
+    """
+    threads = torch.get_num_threads()
+    single = device.type == "cpu" and batch_size <= 1024 and threads > 1
+    if single:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if single:
+            torch.set_num_threads(threads)
 
 
 class _Batches:
@@ -333,11 +358,6 @@ def fit(
 
     bar = _progress_bar(steps, start_step, progress)
     flow.train()
-    threads = torch.get_num_threads()
-    if dev.type == "cpu" and batches.batch_size <= 1024:
-        # Small batches: one thread is faster than two (no fork/join per tiny kernel) and
-        # does not collapse when another process holds a core. Restored below.
-        torch.set_num_threads(1)
     t0 = time.perf_counter() - history.seconds
     running, count, bad_in_row = 0.0, 0, 0
     step = start_step
@@ -349,7 +369,7 @@ def fit(
 
     interrupt = _DeferredInterrupt()
     try:
-        with interrupt:
+        with interrupt, single_thread_for(batches.batch_size, dev):
             for step in range(start_step + 1, steps + 1):
                 xb = train.index_select(0, batches.next().to(dev))
                 loss, problem = train_step(xb)
@@ -381,7 +401,6 @@ def fit(
                     checkpoint(step)
                     raise KeyboardInterrupt
     finally:
-        torch.set_num_threads(threads)
         if bar is not None:
             bar.close()
     history.seconds = time.perf_counter() - t0
