@@ -407,7 +407,9 @@ def plot_latent(flow: Flow, data: Any, labels: Any = None, n_samples: int = 2000
 
     Left: the data mapped to latent space, ``z = f(x)``, coloured by label, over the standard
     normal's 1/2/3-sigma circles and a faint wheel of angle colours. A good fit fills the
-    circles like a Gaussian cloud. Right: base samples mapped back to data space,
+    circles like a Gaussian cloud. With labels, a middle panel maps base samples back to
+    data space coloured by the label of their nearest mapped data point (which moon each
+    part of the Gaussian becomes). Right: base samples mapped back to data space,
     ``x = f^{-1}(z)``, coloured by the angle of their ``z`` with the same wheel; it shows
     which direction of the latent Gaussian becomes which part of the data (a sharp change
     of colour marks where the flow tears the plane to make gaps between modes).
@@ -431,9 +433,23 @@ def plot_latent(flow: Flow, data: Any, labels: Any = None, n_samples: int = 2000
         back = _numpy(flow.inverse(eps)[0])
     if flow.dim != 2:
         return plot_pairs(z, labels=lab, gaussian=True, title="Data mapped to latent space")
-    fig = Figure(figsize=(11, 4.8), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    _latent_panel(left, z, lab)
+    fig = Figure(figsize=(16.5 if lab is not None else 11, 4.8), layout="constrained")
+    axes = fig.subplots(1, 3 if lab is not None else 2)
+    _latent_panel(axes[0], z, lab)
+    if lab is not None:
+        # Each latent sample takes the label of the nearest mapped data point: which moon
+        # (class, component) each region of the Gaussian is sent to.
+        nearest = torch.cdist(torch.as_tensor(_numpy(eps), dtype=torch.float64),
+                              torch.as_tensor(z, dtype=torch.float64)).argmin(1).numpy()
+        colors, handles = _label_colors(lab[nearest])
+        mid = axes[1]
+        _scatter(mid, back, colors, size=4, alpha=0.8)
+        _view(mid, _bounds(x), "$x_1$", "$x_2$")
+        mid.set_title("Latent samples mapped to data: $x = f^{-1}(z)$\n"
+                      "colour = label of the nearest data point in latent space", fontsize=10)
+        if handles:
+            mid.legend(handles=handles, loc="best", fontsize=8)
+    right = axes[-1]
     _scatter(right, x, BACKGROUND_COLOR, size=2, alpha=0.35)
     _scatter(right, back, _angle_colors(_numpy(eps)), size=4, alpha=0.8)
     _view(right, _bounds(x), "$x_1$", "$x_2$")
