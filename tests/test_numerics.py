@@ -35,8 +35,8 @@ SETTINGS = {"deadline": None, "derandomize": True, "database": None}
 def _random_flow(dim: int, arch: str, dtype: torch.dtype, std: float, seed: int,
                  log_scale: float) -> realnvp.Flow:
     """A flow with random weights and a standardisation for data of scale 10**log_scale."""
-    torch.manual_seed(seed)
-    flow = realnvp.RealNVP(dim=dim, n_layers=3, hidden=(16,), **ARCHITECTURES[arch]).to(dtype)
+    flow = realnvp.RealNVP(dim=dim, n_layers=3, hidden=(16,), seed=seed,
+                           **ARCHITECTURES[arch]).to(dtype)
     randomize(flow, std=min(std, STD["spline"]) if arch == "spline" else std, seed=seed)
     g = torch.Generator().manual_seed(seed)
     scale = 10.0**log_scale
@@ -101,8 +101,7 @@ def test_training_stays_finite_across_dims_batch_sizes_scales_and_dtypes(
     g = torch.Generator().manual_seed(seed)
     scale = 10.0**log_scale
     x = torch.randn(128, dim, generator=g, dtype=torch.float64) * scale + offset * scale
-    torch.manual_seed(seed)
-    flow = realnvp.RealNVP(dim=dim, n_layers=2, hidden=(8,)).to(DTYPES[dtype])
+    flow = realnvp.RealNVP(dim=dim, n_layers=2, hidden=(8,), seed=seed).to(DTYPES[dtype])
     history = realnvp.fit(flow, x, steps=8, batch_size=batch_size, eval_every=4, lr=1e-2,
                           seed=seed, progress=False)
     assert history.skipped_steps == []
@@ -121,8 +120,7 @@ def test_training_stays_finite_across_dims_batch_sizes_scales_and_dtypes(
 def test_a_short_run_on_every_toy_ends_finite_with_no_skipped_step(toy: str) -> None:
     """A small version of ``benchmarks/stress.py`` (30 seeded runs, eight toys)."""
     x, _ = get_toy(toy).sample(600, seed=7)
-    torch.manual_seed(7)
-    flow = realnvp.RealNVP(dim=2, n_layers=4, hidden=(16,)).float()
+    flow = realnvp.RealNVP(dim=2, n_layers=4, hidden=(16,), seed=7).float()
     history = realnvp.fit(flow, x, steps=60, batch_size=128, eval_every=20, lr=5e-3, seed=7,
                           progress=False)
     assert history.skipped_steps == []
@@ -137,7 +135,6 @@ def test_a_short_run_on_every_toy_ends_finite_with_no_skipped_step(toy: str) -> 
 def test_log_prob_far_out_is_finite_and_decreasing(dtype: str) -> None:
     """Far from the data the density falls off: log_prob stays finite and keeps dropping."""
     x, _ = get_toy("moons").sample(400, seed=0)
-    torch.manual_seed(0)
     flow = realnvp.RealNVP(dim=2, n_layers=4, hidden=(16,)).to(DTYPES[dtype])
     realnvp.fit(flow, x, steps=40, batch_size=64, seed=0, progress=False)
     radii = torch.tensor([1e1, 1e2, 1e3, 1e4, 1e5, 1e6], dtype=DTYPES[dtype])
