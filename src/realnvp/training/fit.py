@@ -21,8 +21,8 @@ from realnvp.bijections import ActNorm
 from realnvp.flow import Flow
 from realnvp.training.fast import fast_step_for
 
-__all__ = ["History", "NonFiniteLossError", "TrainStep", "fit", "make_train_step", "mean_nll",
-           "resolve_device"]
+__all__ = ["History", "NonFiniteLossError", "TrainStep", "fit", "lattice_steps",
+           "make_train_step", "mean_nll", "resolve_device"]
 
 Callback = Callable[[int, Flow], None]
 
@@ -44,6 +44,7 @@ class History:
     best_val_nll: float = math.inf
     stopped: str = ""
     skipped_steps: list[int] = field(default_factory=list)
+    dequantized: dict[int, float] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -62,10 +63,13 @@ class History:
             "records": self.records, "best_step": self.best_step,
             "best_val_nll": self.best_val_nll, "stopped": self.stopped,
             "skipped_steps": self.skipped_steps, "seconds": self.seconds,
+            "dequantized": {str(k): v for k, v in self.dequantized.items()},
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any]) -> History:
+        state = dict(state)
+        state["dequantized"] = {int(k): float(v) for k, v in state.get("dequantized", {}).items()}
         return cls(**state)
 
 
@@ -113,6 +117,37 @@ def split(
         return data, None
     order = torch.randperm(n, generator=generator)
     return data[order[n_val:]], data[order[:n_val]]
+
+
+def lattice_steps(x: Tensor, max_unique_fraction: float = 0.25, min_step: float = 0.02
+                  ) -> Tensor:
+    """Per column: the grid step ``h`` of coarsely rounded values, or 0 for other columns.
+
+    A column counts as rounded when it has at most ``max_unique_fraction`` distinct values
+    per row (values repeat), every gap between sorted distinct values is a whole multiple
+    of the smallest gap ``h`` (to 1e-3 of ``h``: float32 rounding of decimals), and ``h`` is
+    at least ``min_step`` standard deviations, so that a flow could otherwise spike on the
+    grid (finer rounding is left alone: it is below what the flow resolves).
+
+    Example:
+        >>> lattice_steps(torch.tensor([[0.0, 0.13], [0.5, 2.71], [0.5, 0.5], [1.0, 1.1],
+        ...                             [0.0, 0.7], [1.0, 0.9], [0.5, 1.3], [0.0, 1.9]]),
+        ...               max_unique_fraction=0.5).tolist()
+        [0.5, 0.0]
+    """
+    out = torch.zeros(x.shape[1], dtype=x.dtype)
+    for j in range(x.shape[1]):
+        values = torch.unique(x[:, j].detach().cpu())
+        if values.numel() < 2 or values.numel() > max_unique_fraction * x.shape[0]:
+            continue
+        gaps = values.diff()
+        h = gaps.min()
+        if h < min_step * x[:, j].std():
+            continue
+        ratio = gaps / h
+        if bool(((ratio - ratio.round()).abs() <= 1e-3).all()):
+            out[j] = h
+    return out
 
 
 def check_not_constant(x: Tensor, columns: Sequence[str] | None = None) -> None:
@@ -299,6 +334,7 @@ def fit(
     resume: bool = False,
     max_bad_steps: int = 20,
     columns: Sequence[str] | None = None,
+    dequantize: bool | str = "auto",
 ) -> History:
     r"""Fit ``flow`` to the rows of ``data`` by maximum likelihood; returns the :class:`History`.
 
@@ -311,6 +347,12 @@ def fit(
     from the training rows first, so ``log_prob`` stays in the data's units. Deterministic
     for a given ``seed`` on the CPU; with ``checkpoint_dir`` a resumable checkpoint is
     written atomically every ``checkpoint_every`` steps and at the end.
+
+    Rounded data: with ``dequantize="auto"`` a column whose values sit on a grid of step
+    ``h`` with many repeats (see :func:`lattice_steps`) gets uniform noise on
+    ``[-h/2, h/2]`` added to every batch (Theis et al. 2016), so the flow learns a smooth
+    density instead of spikes on the grid; ``log_prob`` at a grid point then approximates
+    ``P(bin) / h``. ``history.dequantized`` lists those columns; ``False`` turns it off.
 
     Example:
         >>> import torch, realnvp
@@ -334,6 +376,7 @@ def fit(
     else:
         train, val = split(x, val_fraction, generator)
     check_not_constant(train, columns)
+    steps_h = lattice_steps(train) if dequantize else torch.zeros(flow.dim, dtype=dtype)
     flow.to(dev)
     train, val = train.to(dev), (val.to(dev) if val is not None else None)
 
@@ -354,7 +397,13 @@ def fit(
         batches.order, batches.pos = restored.batch_order.to(torch.long), restored.batch_pos
     else:
         _initialize(flow, train)
+    history.dequantized = {j: float(h) for j, h in enumerate(steps_h.tolist()) if h > 0}
+    noise = steps_h.to(dev) if history.dequantized else None
     val_eval = val[:20000] if val is not None else None
+    if val_eval is not None and noise is not None:  # fixed noise: comparable validations
+        fixed = torch.rand(val_eval.shape, generator=torch.Generator().manual_seed(int(seed)),
+                           dtype=dtype)
+        val_eval = val_eval + (fixed.to(dev) - 0.5) * noise
 
     bar = _progress_bar(steps, start_step, progress)
     flow.train()
@@ -372,6 +421,9 @@ def fit(
         with interrupt, single_thread_for(batches.batch_size, dev):
             for step in range(start_step + 1, steps + 1):
                 xb = train.index_select(0, batches.next().to(dev))
+                if noise is not None:
+                    u = torch.rand(xb.shape, generator=generator, dtype=dtype).to(dev)
+                    xb = xb + (u - 0.5) * noise
                 loss, problem = train_step(xb)
                 scheduler.step()
                 if problem is not None:

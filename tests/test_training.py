@@ -1,0 +1,41 @@
+"""The fit loop's handling of users' data: rounded columns, thread settings, outcome."""
+
+from __future__ import annotations
+
+import torch
+
+import realnvp
+from realnvp.training.fit import lattice_steps
+
+
+def test_lattice_steps_finds_coarse_rounding_only() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5000, 4, generator=g)
+    x[:, 1] = torch.round(x[:, 1] * 10) / 10          # rounded to 0.1: 0.1 sd, coarse
+    x[:, 2] = torch.randint(0, 5, (5000,), generator=g).double()  # integer levels
+    x[:, 3] = torch.round(x[:, 3] * 1000) / 1000      # rounded to 0.001 sd: left alone
+    steps = lattice_steps(x.float())
+    assert steps[0] == 0 and steps[3] == 0
+    assert abs(float(steps[1]) - 0.1) < 1e-5
+    assert float(steps[2]) == 1.0
+
+
+def test_fit_dequantizes_rounded_columns_and_says_so() -> None:
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(3000, 2, generator=g)
+    x[:, 0] = torch.round(x[:, 0] * 4) / 4
+    flow = realnvp.RealNVP(dim=2, n_layers=2, hidden=(16,))
+    history = realnvp.fit(flow, x, steps=150, progress=False)
+    assert list(history.dequantized) == [0]
+    # A smooth density: the grid points and the midpoints between them are about as likely.
+    grid = torch.tensor([[0.0, 0.0], [0.125, 0.0]])
+    lp = flow.log_prob(grid).detach()
+    assert abs(float(lp[0] - lp[1])) < 1.0
+    assert realnvp.fit(flow, x, steps=5, progress=False, dequantize=False).dequantized == {}
+
+
+def test_fit_restores_the_thread_count() -> None:
+    before = torch.get_num_threads()
+    realnvp.fit(realnvp.RealNVP(dim=2, n_layers=1, hidden=(4,)), torch.randn(100, 2), steps=3,
+                progress=False)
+    assert torch.get_num_threads() == before
