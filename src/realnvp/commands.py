@@ -153,6 +153,7 @@ def _final_metrics(flow: Any, data: runs.Data, history: Any, seconds: float) -> 
         if history.records else 0, "best_step": history.best_step,
         "val_nll": history.best_val_nll, "stopped": history.stopped,
         "skipped_steps": len(history.skipped_steps),
+        "dequantized": {data.columns[j]: h for j, h in history.dequantized.items()},
     }
     test = runs.toy_test_data(data)
     if test is not None:
@@ -204,6 +205,9 @@ def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
         lines.append(f"test NLL {metrics['test_nll']:.4f} ± {metrics['test_nll_stderr']:.4f}; "
                      f"true entropy {metrics['true_entropy']:.4f}; KL gap "
                      f"{metrics['kl_gap']:.4f} ± {metrics['kl_gap_stderr']:.4f} nats")
+    if metrics.get("dequantized"):
+        cols = ", ".join(f"{c} (step {h:g})" for c, h in metrics["dequantized"].items())
+        lines.append(f"rounded columns, trained with uniform dequantization noise: {cols}")
     for line in lines:
         click.echo(line, err=True)
     click.echo(str(out))
