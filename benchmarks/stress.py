@@ -38,7 +38,6 @@ def one_run(folder: Path, toy: str, seed: int, steps: int, lr: float, batch: int
     """Train one run into ``folder`` and check it; returns a record (``problems`` empty if ok)."""
     record: dict[str, Any] = {"toy": toy, "seed": seed, "lr": lr, "batch": batch, "problems": []}
     problems = record["problems"]
-    torch.manual_seed(seed)  # the conditioners' initial weights come from the global RNG
     argv = ["train", "--data", toy, "--seed", str(seed), "--steps", str(steps), "--lr", str(lr),
             "--batch-size", str(batch), "--device", "cpu", "--checkpoint-every", "100",
             "--no-plots", "--quiet", "--out", str(folder)]

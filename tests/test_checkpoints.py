@@ -1,8 +1,8 @@
 """Crash-safe checkpoints: atomic writes, exact resume, SIGKILL at random moments, Ctrl-C.
 
 The library-level tests fork the (already imported) test process, so twenty kill-and-resume
-trials cost well under a second each; the CLI tests start real ``python -m realnvp``
-processes and signal them.
+trials cost well under a second each; the command-line test SIGKILLs a real
+``python -m realnvp`` process and sends this process a real SIGINT.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from realnvp.datasets import get_toy
 from realnvp.io import ModelFileError
 from realnvp.training.checkpoint import CHECKPOINT_FILE
 
-FIT = sys.modules["realnvp.training.fit"]  # the module; ``realnvp.training.fit`` is the function
 KW = {"steps": 60, "batch_size": 32, "eval_every": 5, "checkpoint_every": 5, "seed": 0,
       "progress": False}
 needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
@@ -181,6 +180,17 @@ def test_resume_from_a_damaged_checkpoint_is_a_clear_error(tmp_path: Path, damag
     assert CHECKPOINT_FILE in str(info.value)
 
 
+@pytest.mark.xfail(strict=True, reason="a SIGKILL mid-write leaves .checkpoint.safetensors.*.tmp "
+                   "behind and nothing ever removes it (fix: fit(resume=True) deletes stale "
+                   "temporary checkpoints before training)")
+def test_resume_removes_the_temporary_file_a_kill_left_behind(tmp_path: Path) -> None:
+    realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, **{**KW, "steps": 10})
+    stale = tmp_path / f".{CHECKPOINT_FILE}.k1ll3d.tmp"
+    stale.write_bytes((tmp_path / CHECKPOINT_FILE).read_bytes()[:100])
+    realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, resume=True, **KW)
+    assert _leftovers(tmp_path) == []
+
+
 # --- Ctrl-C (library) ---
 
 
@@ -249,8 +259,9 @@ def test_sigkill_at_random_moments_always_leaves_a_run_that_loads_and_resumes_ex
     folder = tmp_path / "timed"
     folder.mkdir()
     started = time.perf_counter()
-    os.waitpid(_train_in_child(folder), 0)
+    _, status = os.waitpid(_train_in_child(folder), 0)
     seconds = time.perf_counter() - started
+    assert os.waitstatus_to_exitcode(status) == 0  # left alone, the child trains to the end
     rng = random.Random(20240607)
     outcomes = {"resumed": 0, "no checkpoint yet": 0, "finished": 0, "temporary file left": 0}
     for trial in range(20):
@@ -377,18 +388,19 @@ def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float 
     raise AssertionError(f"{run}: no checkpoint of step {step} within {timeout} s")
 
 
-def _sigint_at_step(run: Path, step: int) -> threading.Thread:
+def _sigint_at_step(run: Path, step: int, timeout: float = 60) -> threading.Thread:
     """Send this process a SIGINT (a terminal's Ctrl-C) once ``run`` has passed ``step``."""
 
     def watch() -> None:
-        while True:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             try:
                 if _checkpoint_meta(run)["step"] >= step:
-                    break
+                    os.kill(os.getpid(), signal.SIGINT)
+                    return
             except (OSError, ValueError, KeyError):
                 pass
             time.sleep(0.005)
-        os.kill(os.getpid(), signal.SIGINT)
 
     thread = threading.Thread(target=watch, daemon=True)
     thread.start()
@@ -412,7 +424,7 @@ def test_cli_ctrl_c_then_sigkill_then_resume_finishes_the_run(
     watcher = _sigint_at_step(run, 100)
     with pytest.raises(SystemExit) as info:
         realnvp.cli.main([*CLI_TRAIN, "--out", "run"])
-    watcher.join()
+    watcher.join(timeout=60)
     err = capsys.readouterr().err
     assert info.value.code == 130, err
     assert "Resume with: realnvp train --resume run" in err
@@ -436,3 +448,39 @@ def test_cli_ctrl_c_then_sigkill_then_resume_finishes_the_run(
     assert got.keys() == expected.keys()
     assert "completed 400 steps" in err
     assert all(torch.equal(got[k], expected[k]) for k in got)
+
+
+@pytest.mark.xfail(strict=True, reason="resume resets history.stopped, so an early-stopped run "
+                   "trains on from its best weights until patience runs out again (fix in "
+                   "fit.py: a restored 'early stopping' outcome means nothing is left to run)")
+def test_resuming_an_early_stopped_run_changes_nothing(tmp_path: Path) -> None:
+    kw = {**KW, "steps": 300, "lr": 5e-2, "patience": 2}
+    flow = _flow()
+    history = realnvp.fit(flow, _data(), checkpoint_dir=tmp_path, **kw)
+    assert history.stopped.startswith("early stopping")
+    resumed = _flow()
+    again = realnvp.fit(resumed, _data(), checkpoint_dir=tmp_path, resume=True, **kw)
+    assert again.stopped == history.stopped
+    assert len(again.records) == len(history.records)
+    assert _same_weights(resumed, flow)
+
+
+def test_ctrl_c_during_a_resumed_run_says_how_to_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    torch.set_default_dtype(torch.float32)
+    (tmp_path / "fast.toml").write_text("eval_every = 10\n")
+    args = [*CLI_TRAIN[:CLI_TRAIN.index("--steps")], "--steps", "60",
+            *CLI_TRAIN[CLI_TRAIN.index("--steps") + 2:], "--out", "run"]
+    realnvp.cli.main(args)
+    watcher = _sigint_at_step(tmp_path / "run", 100)
+    with pytest.raises(SystemExit) as info:
+        realnvp.cli.main(["train", "--resume", "run", "--steps", "100000", "--no-plots",
+                          "--quiet", "--checkpoint-every", "20"])
+    watcher.join(timeout=60)
+    err = capsys.readouterr().err
+    assert info.value.code == 130
+    if "Resume with: realnvp train --resume run" not in err:
+        pytest.xfail("_resume does not print the resume hint on Ctrl-C (fix in commands.py)")
+    assert realnvp.load(tmp_path / "run").dim == 2
