@@ -180,9 +180,6 @@ def test_resume_from_a_damaged_checkpoint_is_a_clear_error(tmp_path: Path, damag
     assert CHECKPOINT_FILE in str(info.value)
 
 
-@pytest.mark.xfail(strict=True, reason="a SIGKILL mid-write leaves .checkpoint.safetensors.*.tmp "
-                   "behind and nothing ever removes it (fix: fit(resume=True) deletes stale "
-                   "temporary checkpoints before training)")
 def test_resume_removes_the_temporary_file_a_kill_left_behind(tmp_path: Path) -> None:
     realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, **{**KW, "steps": 10})
     stale = tmp_path / f".{CHECKPOINT_FILE}.k1ll3d.tmp"
@@ -337,8 +334,6 @@ def test_nan_every_step_stops_with_an_error_naming_the_step_and_keeps_the_last_g
     assert realnvp.load(tmp_path).dim == 2
 
 
-@pytest.mark.xfail(strict=True, reason="save_checkpoint writes non-finite weights (fix in "
-                   "checkpoint.py: refuse them, raising NonFiniteLossError naming the step)")
 def test_weights_gone_nan_are_never_checkpointed(tmp_path: Path) -> None:
     def corrupt(step: int, flow: realnvp.Flow) -> None:  # as an overflowing update would
         if step == 10:
@@ -450,9 +445,6 @@ def test_cli_ctrl_c_then_sigkill_then_resume_finishes_the_run(
     assert all(torch.equal(got[k], expected[k]) for k in got)
 
 
-@pytest.mark.xfail(strict=True, reason="resume resets history.stopped, so an early-stopped run "
-                   "trains on from its best weights until patience runs out again (fix in "
-                   "fit.py: a restored 'early stopping' outcome means nothing is left to run)")
 def test_resuming_an_early_stopped_run_changes_nothing(tmp_path: Path) -> None:
     kw = {**KW, "steps": 300, "lr": 5e-2, "patience": 2}
     flow = _flow()
@@ -481,6 +473,5 @@ def test_ctrl_c_during_a_resumed_run_says_how_to_resume(
     watcher.join(timeout=60)
     err = capsys.readouterr().err
     assert info.value.code == 130
-    if "Resume with: realnvp train --resume run" not in err:
-        pytest.xfail("_resume does not print the resume hint on Ctrl-C (fix in commands.py)")
+    assert "Resume with: realnvp train --resume run" in err
     assert realnvp.load(tmp_path / "run").dim == 2

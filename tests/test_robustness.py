@@ -135,8 +135,8 @@ def _assert_one_clear_line(code: int, out: str, err: str, match: str) -> None:
 
 
 def case(id: str, *argv: str, match: str, bug: str | None = None) -> object:
-    marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
-    return pytest.param(list(argv), match, id=id, marks=marks)
+    # ``bug`` keeps the history of a case once failing; every one is fixed now.
+    return pytest.param(list(argv), match, id=id)
 
 
 NO_CUDA = not torch.cuda.is_available()
@@ -427,10 +427,7 @@ def _run_readers() -> list[list[str]]:
 
 @pytest.mark.parametrize("damage", [
     *RUN_DAMAGE,
-    *[pytest.param(name, marks=pytest.mark.xfail(
-        strict=True, reason="runs.read_config checks only that config.json is JSON; a list or "
-        "a dict without 'config'/'data' gives a TypeError/KeyError traceback")) for name in
-      RUN_DAMAGE_BUGS],
+    *RUN_DAMAGE_BUGS,
 ])
 def test_a_damaged_run_config_is_a_clear_error(
     workdir: Path, capsys: pytest.CaptureFixture[str], damage: str
@@ -443,8 +440,6 @@ def test_a_damaged_run_config_is_a_clear_error(
         assert _tree(workdir) == before
 
 
-@pytest.mark.xfail(strict=True, reason="score --contamination reads val_log_prob.npy without "
-                   "naming it in the error (\"Object arrays cannot be loaded ...\")")
 @pytest.mark.parametrize("content", ["pickle", "truncated"])
 def test_damaged_validation_scores_are_a_clear_error_naming_the_file(
     workdir: Path, capsys: pytest.CaptureFixture[str], content: str
@@ -459,9 +454,6 @@ def test_damaged_validation_scores_are_a_clear_error_naming_the_file(
     assert not (workdir / "pwned").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="io.from_bytes builds the flow a file's config asks "
-                   "for before checking it against the weights; absurd sizes raise RuntimeError "
-                   "(a traceback) or allocate gigabytes")
 @pytest.mark.parametrize("change", [{"hidden": [2**40]}, {"dim": 2**62},
                                     {"coupling": "spline", "bins": 10**12}],
                          ids=["hidden-2**40", "dim-2**62", "bins-10**12"])
@@ -482,9 +474,6 @@ def test_a_config_asking_for_absurd_sizes_is_refused(tmp_path: Path, change: dic
         realnvp.load(path)
 
 
-@pytest.mark.xfail(strict=True, reason="train --force deletes the old run before training; "
-                   "a run that then fails leaves nothing (fix: train into a sibling folder and "
-                   "swap it in at the end)")
 def test_a_failed_forced_run_keeps_the_run_it_was_to_replace(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -500,8 +489,6 @@ def test_a_failed_forced_run_keeps_the_run_it_was_to_replace(
     assert _tree(workdir / "run") == before
 
 
-@pytest.mark.xfail(strict=True, reason="NonFiniteLossError is a RuntimeError, which main() "
-                   "does not turn into an 'Error: ...' line: the user gets a traceback")
 def test_training_that_diverges_is_one_line_and_leaves_no_run(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -540,8 +527,8 @@ def _flow() -> realnvp.Flow:
 
 def lib(id: str, call: Callable[[], object], error: type, match: str,
         bug: str | None = None) -> object:
-    marks = [pytest.mark.xfail(strict=True, reason=bug)] if bug else []
-    return pytest.param(call, error, match, id=id, marks=marks)
+    # ``bug`` keeps the history of a case once failing; every one is fixed now.
+    return pytest.param(call, error, match, id=id)
 
 
 def _moons() -> torch.Tensor:

@@ -32,6 +32,13 @@ def main(argv: list[str] | None = None) -> None:
     except _USER_ERRORS as e:
         click.echo(f"Error: {_one_line(e)}", err=True)
         sys.exit(2)
+    except RuntimeError as e:
+        from realnvp.training import NonFiniteLossError  # loaded: training raised it
+
+        if not isinstance(e, NonFiniteLossError):
+            raise
+        click.echo(f"Error: {_one_line(e)}", err=True)
+        sys.exit(2)
     except OSError as e:
         click.echo(f"Error: {e.filename or ''}: {e.strerror or e}".replace(": : ", ": "), err=True)
         sys.exit(2)

@@ -74,11 +74,17 @@ def train(**opts: Any) -> Path:
     name = Path(str(run_opts["data"])).stem if data.toy is None else data.source["name"]
     out = Path(run_opts["out"]) if run_opts["out"] is not None else Path("runs") / name
     runs.prepare_run_dir(out, bool(opts.get("force")))
-    from realnvp.training.fit import check_not_constant
+    from realnvp.training.fit import check_not_constant, check_representable
 
     check_not_constant(torch.as_tensor(data.x), data.columns)
     flow = runs.build_flow(config, data.x.shape[1])
-    runs.create_run_dir(out, bool(opts.get("force")))
+    check_representable(torch.as_tensor(data.x), flow.base._anchor.dtype, data.columns)
+    old = None  # with --force, the run being replaced waits here until the new one is made
+    if opts.get("force") and out.exists():
+        old = out.with_name(f".{out.name}.replaced")
+        shutil.rmtree(old, ignore_errors=True)
+        out.rename(old)
+    runs.create_run_dir(out, False)
     try:
         record = {"config": config.to_dict(), "data": data.source, "columns": data.columns,
                   "preset": run_opts.get("preset"), "device": str(device)}
@@ -87,10 +93,16 @@ def train(**opts: Any) -> Path:
     except KeyboardInterrupt:
         click.echo(f"\nInterrupted; checkpoint kept. Resume with: realnvp train --resume {out}",
                    err=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
         raise
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
+        if old is not None:
+            old.rename(out)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return out
 
 
@@ -108,7 +120,12 @@ def _resume(run: Path, opts: dict[str, Any]) -> Path:
     if not (run / "checkpoint.safetensors").is_file():
         raise ValueError(f"{run}: no checkpoint to resume from")
     flow = runs.build_flow(config, data.x.shape[1])
-    _train_and_finish(run, flow, data, config, device, opts, resume=True)
+    try:
+        _train_and_finish(run, flow, data, config, device, opts, resume=True)
+    except KeyboardInterrupt:
+        click.echo(f"\nInterrupted; checkpoint kept. Resume with: realnvp train --resume {run}",
+                   err=True)
+        raise
     return run
 
 
@@ -334,7 +351,14 @@ def _outlier_threshold(run: Path, contamination: float) -> float:
     path = run / "val_log_prob.npy"
     if not path.is_file():
         raise ValueError(f"{run}: no validation scores (val_log_prob.npy) to set a threshold")
-    scores = np.load(path, allow_pickle=False)
+    try:
+        scores = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: unreadable validation scores ({' '.join(str(e).split())}); "
+                         "retrain the run, or leave out --contamination") from None
+    if scores.ndim != 1 or scores.dtype.kind != "f" or scores.size == 0:
+        raise ValueError(f"{path}: expected a 1-D float array of scores; got {scores.dtype} "
+                         f"of shape {scores.shape}")
     return float(np.quantile(scores, contamination))
 
 

@@ -219,9 +219,10 @@ def from_bytes(data: bytes, name: str = "<bytes>") -> tuple[Flow, dict[str, Any]
     arch, kwargs = config.get("architecture"), config.get("kwargs")
     if arch not in ARCHITECTURES or not isinstance(kwargs, dict):
         raise ModelFileError(f"{name}: unknown architecture {arch!r}")
+    _check_sizes(kwargs, state, name)
     try:
         flow = ARCHITECTURES[arch](**kwargs)
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError) as e:
         raise ModelFileError(f"{name}: config does not build a flow ({e})") from None
     flow = flow.to(_DTYPES.get(config.get("dtype", "float32"), torch.float32))
     try:
@@ -235,6 +236,23 @@ def from_bytes(data: bytes, name: str = "<bytes>") -> tuple[Flow, dict[str, Any]
             raise ModelFileError(f"{name}: non-finite values in {key}")
     flow.eval()
     return flow, extra if isinstance(extra, dict) else {}
+
+
+def _check_sizes(kwargs: dict[str, Any], state: dict[str, torch.Tensor], name: str) -> None:
+    """Refuse a config that asks for more than the file's weights hold, before building it.
+
+    Every size a realnvp config names (dim, hidden widths, bins, context features) is a
+    dimension of some stored tensor, and every layer stores at least one tensor; a crafted
+    header asking for more would otherwise allocate gigabytes before the mismatch shows.
+    """
+    limit = max([len(state), *(max(v.shape, default=1) for v in state.values())])
+    for key, value in kwargs.items():
+        if key == "seed":
+            continue
+        for n in value if isinstance(value, list) else [value]:
+            if isinstance(n, int) and not isinstance(n, bool) and n > limit:
+                raise ModelFileError(f"{name}: config asks for {key}={n}, more than the file's "
+                                     f"weights hold (largest dimension {limit})")
 
 
 def _first_line(e: BaseException, limit: int = 200) -> str:

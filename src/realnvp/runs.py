@@ -142,9 +142,16 @@ def read_config(run: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"{run}: not a run folder (no {CONFIG_FILE})")
     try:
-        return json.loads(path.read_text())
+        record = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise ValueError(f"{path}: unreadable config ({e})") from None
+    data = record.get("data") if isinstance(record, dict) else None
+    if not (isinstance(data, dict) and isinstance(record.get("config"), dict) and (
+            (data.get("kind") == "toy" and isinstance(data.get("name"), str))
+            or (data.get("kind") == "file" and isinstance(data.get("path"), str)))):
+        raise ValueError(f"{path}: not a realnvp run config (expected 'config' and 'data' "
+                         "entries, as `realnvp train` writes)")
+    return record
 
 
 def load_run(run: Path) -> tuple[Flow, dict[str, Any]]:

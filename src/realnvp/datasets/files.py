@@ -227,6 +227,11 @@ def _check_writable(data: object, columns: Sequence[str], label: str) -> np.ndar
             f"Column names that are all numbers ({', '.join(names)}) would read back as "
             "a data row; choose other names"
         )
+    bad = _first_nonfinite(array.astype(np.float64, copy=False))
+    if bad is not None:
+        row, col = bad
+        raise ValueError(f"Expected finite values (load_table refuses NaN and infinities); "
+                         f"got {array[row, col]} in column {names[col]!r} at row {row + 1}")
     dtype = np.float32 if array.dtype == np.float32 else np.float64
     return np.ascontiguousarray(array, dtype=dtype)
 

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from realnvp.flow import Flow
 from realnvp.io import FORMAT, ModelFileError, atomic_write_bytes
-from realnvp.training.fit import History
+from realnvp.training.fit import History, NonFiniteLossError
 
 __all__ = ["CHECKPOINT_FILE", "Restored", "load_checkpoint", "save_checkpoint"]
 
@@ -54,6 +54,11 @@ def save_checkpoint(
     for idx, state in opt_state["state"].items():
         for key, value in state.items():
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    bad = next((k for k, v in tensors.items()
+                if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:
+        raise NonFiniteLossError(f"step {step}: non-finite values in {bad}; checkpoint not "
+                                 "written (the previous one is kept)")
     tensors["rng.generator"] = generator.get_state()
     tensors["batches.order"] = batches.order.cpu().contiguous()
     dtype = str(next(iter(flow.state_dict().values())).dtype).removeprefix("torch.")

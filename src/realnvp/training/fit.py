@@ -165,6 +165,22 @@ def check_not_constant(x: Tensor, columns: Sequence[str] | None = None) -> None:
         )
 
 
+def check_representable(x: Tensor, dtype: torch.dtype,
+                        columns: Sequence[str] | None = None) -> Tensor:
+    """``x`` cast to ``dtype``; refuse values that the cast turns infinite (1e300 in float32)."""
+    y = x.to(dtype)
+    bad = ~torch.isfinite(y)
+    if bool(bad.any()):
+        row, j = (int(i) for i in bad.nonzero()[0])
+        name = repr(columns[j]) if columns else str(j)
+        raise ValueError(
+            f"Column {name} holds {float(x[row, j]):g} (row {row}), beyond the range of "
+            f"{str(dtype).removeprefix('torch.')} (±{torch.finfo(dtype).max:.3g}); rescale "
+            "the column, or train a float64 flow"
+        )
+    return y
+
+
 def _lr_lambda(warmup: int, total: int, min_ratio: float) -> Callable[[int], float]:
     def factor(step: int) -> float:
         if step < warmup:
@@ -369,10 +385,12 @@ def fit(
         raise ValueError(f"Expected batch_size >= 1; got {batch_size}")
     dev = resolve_device(device)
     dtype = flow.base._anchor.dtype
-    x = as_float_tensor(data, flow.dim).to(dtype)
+    x = check_representable(as_float_tensor(data, flow.dim), dtype, columns)
     generator = torch.Generator().manual_seed(int(seed))
     if val_data is not None:
-        train, val = x, as_float_tensor(val_data, flow.dim, "validation data").to(dtype)
+        val = check_representable(as_float_tensor(val_data, flow.dim, "validation data"),
+                                  dtype, columns)
+        train = x
     else:
         train, val = split(x, val_fraction, generator)
     check_not_constant(train, columns)
@@ -391,8 +409,13 @@ def fit(
     start_step = 0
     if resume and checkpoint_dir is not None:
         restored = ckpt.load_checkpoint(checkpoint_dir, flow, optimizer, scheduler)
+        for stale in Path(checkpoint_dir).glob(f".{ckpt.CHECKPOINT_FILE}.*.tmp"):
+            stale.unlink(missing_ok=True)  # left by a process killed mid-write
         start_step, history, best_state = restored.step, restored.history, restored.best_state
-        history.stopped = ""
+        if history.stopped.startswith("early stopping"):
+            steps = start_step  # it stopped for good: nothing is left to run
+        else:
+            history.stopped = ""
         generator.set_state(restored.generator_state)
         batches.order, batches.pos = restored.batch_order.to(torch.long), restored.batch_pos
     else:
