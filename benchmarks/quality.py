@@ -128,7 +128,7 @@ def fit_baseline(name: str, train: np.ndarray, val: np.ndarray, test: np.ndarray
                  ) -> tuple[dict[str, Any], np.ndarray, dict[str, Any]]:
     wall, cpu = time.perf_counter(), time.process_time()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a KDE bandwidth at the grid's edge is reported below
+        warnings.simplefilter("ignore")  # the chosen k or bandwidth is in the "chosen" column
         if name == "gmm":
             model = fit_gaussian_mixture(train, val, seed=settings.seed)
         else:

@@ -77,11 +77,11 @@ def _config_help(name: str) -> str:
 @click.option("--steps", type=int, default=None, help=_config_help("steps") + " [default: 3000]")
 @click.option("--batch-size", type=int, default=None,
               help=_config_help("batch_size") + " [default: 512]")
-@click.option("--lr", type=float, default=None, help=_config_help("lr") + " [default: 0.002]")
+@click.option("--lr", type=float, default=None, help=_config_help("lr") + " [default: 0.005]")
 @click.option("--layers", type=int, default=None, help=_config_help("layers") + " [default: 8]")
 @click.option("--hidden", default=None, help="Hidden sizes of each coupling network, e.g. "
               "64,64. [default: 64,64]")
-@click.option("--coupling", type=click.Choice(["affine", "additive"]), default=None,
+@click.option("--coupling", type=click.Choice(["affine", "additive", "spline"]), default=None,
               help=_config_help("coupling") + " [default: affine]")
 @click.option("--seed", type=int, default=None, help=_config_help("seed") + " [default: 0]")
 @click.option("--device", default=None, help=_config_help("device") + " [default: auto]")

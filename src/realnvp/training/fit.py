@@ -333,7 +333,7 @@ def fit(
     val_data: Any = None,
     steps: int = 3000,
     batch_size: int = 512,
-    lr: float = 2e-3,
+    lr: float = 5e-3,
     weight_decay: float = 0.0,
     warmup: int = 100,
     min_lr_ratio: float = 0.01,
