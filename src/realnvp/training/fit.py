@@ -421,6 +421,9 @@ def fit(
     else:
         _initialize(flow, train)
     history.dequantized = {j: float(h) for j, h in enumerate(steps_h.tolist()) if h > 0}
+    if checkpoint_dir is not None and not resume:  # resumable from the very first step
+        ckpt.save_checkpoint(checkpoint_dir, flow, optimizer, scheduler, generator, batches,
+                             0, history, None)
     noise = steps_h.to(dev) if history.dequantized else None
     val_eval = val[:20000] if val is not None else None
     if val_eval is not None and noise is not None:  # fixed noise: comparable validations
