@@ -243,7 +243,7 @@ def sample(run: Path, n: int, out: Path | None, seed: int) -> None:
     with torch.inference_mode():
         x = flow.sample(int(n), generator=generator).numpy()
     if out is None:
-        _write_csv(sys.stdout, columns, x)
+        _write_block(sys.stdout, columns, x, {}, header=True)
         return
     from realnvp.datasets.files import save_table
 
@@ -267,26 +267,6 @@ def _check_output(out: Path | None) -> None:
         raise ValueError(f"{out}: is a directory; give a file name")
     if not out.parent.is_dir():
         raise ValueError(f"{out.parent}: no such folder")
-
-
-def _write_csv(f: Any, columns: list[str], x: np.ndarray, extra: dict[str, np.ndarray] | None = None
-               ) -> None:
-    extra = extra or {}
-    header = [*columns, *extra]
-    f.write(",".join(_csv_name(c) for c in header) + "\n")
-    blocks = [x, *[np.asarray(v).reshape(-1, 1) for v in extra.values()]]
-    table = np.hstack([b.astype(np.float64) for b in blocks]) if extra else x
-    table = table if table.dtype in (np.float32, np.float64) else table.astype(np.float64)
-    for row in table:
-        f.write(",".join(_fmt(v) for v in row) + "\n")
-
-
-def _csv_name(name: str) -> str:
-    return f'"{name}"' if any(c in name for c in ',"\n') else name
-
-
-def _fmt(v: Any) -> str:
-    return str(v)  # numpy floats print the shortest text that reads back exactly
 
 
 def score(run: Path, file: Path, columns: str | None, out: Path | None,
@@ -315,7 +295,7 @@ def score(run: Path, file: Path, columns: str | None, out: Path | None,
         first = True
         for chunk in chunks:
             with torch.inference_mode():
-                lp = flow.log_prob(runs.as_tensor(chunk, flow)).double().numpy()
+                lp = flow.log_prob(runs.as_tensor(chunk, flow)).numpy()  # the model's precision
             extra = {"log_prob": lp}
             if threshold is not None:
                 extra["outlier"] = (lp < threshold).astype(np.int64)
@@ -342,7 +322,7 @@ def _write_block(f: Any, names: list[str], chunk: np.ndarray, extra: dict[str, n
     frame = pd.DataFrame(chunk, columns=names)
     for key, value in extra.items():
         frame[key] = value
-    frame.to_csv(f, header=header, index=False, float_format="%.10g", lineterminator="\n")
+    frame.to_csv(f, header=header, index=False, lineterminator="\n")  # shortest exact text
 
 
 def _outlier_threshold(run: Path, contamination: float) -> float:
