@@ -86,7 +86,7 @@ def _config_help(name: str) -> str:
 @click.option("--seed", type=int, default=None, help=_config_help("seed") + " [default: 0]")
 @click.option("--device", default=None, help=_config_help("device") + " [default: auto]")
 @click.option("--n-train", type=int, default=None, help=_config_help("n_train") +
-              " [default: 20000]")
+              " [default: 100000]")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run folder to write. [default: runs/<data name>]")
 @click.option("--force", is_flag=True, help="Overwrite an existing run folder.")
