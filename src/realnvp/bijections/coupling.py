@@ -70,7 +70,8 @@ class Coupling(Bijection):
         x2 = x[:, ts] if ts is not None else x.index_select(1, self.transformed)
         return x1, x2
 
-    def _params(self, x1: Tensor, context: Tensor | None) -> Tensor:
+    def _conditioner_input(self, x1: Tensor, context: Tensor | None) -> Tensor:
+        """``b tanh(x1 / b)``, then the context appended (the context is never bounded)."""
         if self.input_bound is not None:
             x1 = torch.tanh(x1 * (1.0 / self.input_bound)) * self.input_bound
         if self.context_features:
@@ -79,7 +80,10 @@ class Coupling(Bijection):
                     f"Expected a context of {self.context_features} features; got None"
                 )
             x1 = torch.cat([x1, context], dim=-1)
-        return self.conditioner(x1)
+        return x1
+
+    def _params(self, x1: Tensor, context: Tensor | None) -> Tensor:
+        return self.conditioner(self._conditioner_input(x1, context))
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x1, x2 = self._split(x)
@@ -163,16 +167,9 @@ class AffineCoupling(Coupling):
     ) -> tuple[Tensor, Tensor]:
         if self.activation not in FUSED_ACTIVATIONS or self.conditioner._forward_hooks:
             return super()._forward_transformed(x1, x2, context)
-        if self.context_features:
-            if context is None:
-                raise ValueError(
-                    f"Expected a context of {self.context_features} features; got None"
-                )
-            if self.input_bound is not None:  # bound x1 only, never the context
-                x1 = torch.tanh(x1 * (1.0 / self.input_bound)) * self.input_bound
-            x1 = torch.cat([x1, context], dim=-1)
-            bound = None
-        else:
+        if self.context_features:  # prepared by autograd; the fused step takes it as is
+            x1, bound = self._conditioner_input(x1, context), None
+        else:  # the fused step bounds x1 itself, with a hand-written derivative
             bound = self.input_bound
         params = self.conditioner.flat_parameters()
         return fused_affine(x1, x2, params, bound, self.scale_bound, self.activation)
