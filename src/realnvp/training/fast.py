@@ -29,7 +29,6 @@ from torch import Tensor
 from realnvp.bijections import AffineCoupling, Permutation, Standardize
 from realnvp.bijections._fused import FUSED_ACTIVATIONS
 from realnvp.bijections._kernels import kernels
-from realnvp.bijections.coupling import _or_zero
 from realnvp.distributions import DiagonalNormal, StandardNormal
 from realnvp.flow import Flow
 
@@ -95,11 +94,8 @@ class FastStep:
                 h = h.index_select(1, layer.permutation)
                 tapes.append(None)
             else:
-                h, s_sum, tape = forward(
-                    h, layer.kept, layer.transformed, layer.conditioner.flat_parameters(),
-                    _or_zero(layer.input_bound), _or_zero(layer.scale_bound),
-                    layer.activation == "relu",
-                )
+                h, s_sum, tape = forward(h, layer.kept, layer.transformed,
+                                         *layer._kernel_args())
                 log_det.add_(s_sum)
                 tapes.append(tape)
         loss = 0.5 * h.square().sum(1).mean() - log_det.mean() + const
