@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from realnvp.flow import Flow, RealNVP
-from realnvp.io import MODEL_FILE, atomic_open, atomic_write_bytes, load
+from realnvp.io import atomic_open, atomic_write_bytes, load
 from realnvp.training import History, TrainConfig
 
 __all__ = ["CONFIG_FILE", "Data", "build_flow", "load_data", "prepare_run_dir", "read_config",
@@ -157,8 +157,7 @@ def read_config(run: Path) -> dict[str, Any]:
 def load_run(run: Path) -> tuple[Flow, dict[str, Any]]:
     """The trained flow of a run folder and its config."""
     config = read_config(run)
-    flow = load(run if (run / MODEL_FILE).exists() else run)
-    return flow, config
+    return load(run), config  # the final model, or the latest checkpoint of an unfinished run
 
 
 def read_history(run: Path) -> Any:

@@ -47,10 +47,6 @@ class History:
     dequantized: dict[int, float] = field(default_factory=dict)
     seconds: float = 0.0
 
-    @property
-    def final_val_nll(self) -> float:
-        return self.best_val_nll
-
     def to_frame(self) -> Any:
         """The records as a pandas DataFrame."""
         import pandas as pd
