@@ -114,9 +114,7 @@ def _resume(run: Path, opts: dict[str, Any]) -> Path:
     config.validate()
     device = resolve_device(opts.get("device") or config.device)
     source = record["data"]
-    spec = source["name"] if source["kind"] == "toy" else source["path"]
-    data = runs.load_data(spec, source.get("columns") if source["kind"] == "file" else None,
-                          source.get("n", config.n_train), source.get("seed", config.seed))
+    data = runs.reload_data(source, config)
     if not (run / "checkpoint.safetensors").is_file():
         raise ValueError(f"{run}: no checkpoint to resume from")
     flow = runs.build_flow(config, data.x.shape[1])
@@ -352,9 +350,7 @@ def evaluate(run: Path, data_spec: str | None, columns: str | None, n_test: int,
     config = TrainConfig.from_dict(record["config"])
     source = record["data"]
     if data_spec is None:
-        spec = source["name"] if source["kind"] == "toy" else source["path"]
-        data = runs.load_data(spec, source.get("columns") if source["kind"] == "file" else None,
-                              source.get("n", config.n_train), source.get("seed", config.seed))
+        data = runs.reload_data(source, config)
     else:
         data = runs.load_data(data_spec, columns, n_test, config.seed + 20_000, flow.dim)
     if data.x.shape[1] != flow.dim:
@@ -405,9 +401,7 @@ def plot(run: Path) -> None:
     flow, record = runs.load_run(run)
     config = TrainConfig.from_dict(record["config"])
     source = record["data"]
-    spec = source["name"] if source["kind"] == "toy" else source["path"]
-    data = runs.load_data(spec, source.get("columns") if source["kind"] == "file" else None,
-                          source.get("n", config.n_train), source.get("seed", config.seed))
+    data = runs.reload_data(source, config)
     metrics_path = run / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
     _draw(run, flow, data, runs.read_history(run), None, metrics)

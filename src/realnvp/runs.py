@@ -17,6 +17,7 @@ from realnvp.io import atomic_open, atomic_write_bytes, load
 from realnvp.training import History, TrainConfig
 
 __all__ = ["CONFIG_FILE", "Data", "build_flow", "load_data", "prepare_run_dir", "read_config",
+           "reload_data",
            "toy_test_data", "write_history", "write_json"]
 
 CONFIG_FILE = "config.json"
@@ -62,6 +63,14 @@ def load_data(spec: str, columns: Any = None, n: int = 20000, seed: int = 0,
     table = load_table(path, columns=columns, n_columns=n_columns)
     source = {"kind": "file", "path": str(path.resolve()), "columns": table.columns}
     return Data(table.data, None, list(table.columns), source)
+
+
+def reload_data(source: dict[str, Any], config: TrainConfig) -> Data:
+    """The rows a run was trained on, from the ``data`` entry of its ``config.json``."""
+    if source["kind"] == "toy":
+        return load_data(source["name"], None, source.get("n", config.n_train),
+                         source.get("seed", config.seed))
+    return load_data(source["path"], source.get("columns"))
 
 
 def toy_test_data(data: Data, n: int = 20000) -> tuple[np.ndarray, np.ndarray] | None:
