@@ -270,7 +270,7 @@ class PlainRealNVP(nn.Module):
         return -0.5 * (z.square().sum(dim=1) + self.dim * math.log(2 * math.pi)) + log_det
 
     def sample(self, n: int) -> Tensor:
-        z = torch.randn(n, self.dim)
+        z = torch.randn(n, self.dim, device=self.masks.device)
         for m, net in zip(reversed(self.masks), reversed(self.nets), strict=True):
             z_m = z * m
             s, t = net(z_m).chunk(2, dim=1)

@@ -87,15 +87,18 @@ class Settings:
     n_samples: int = 20000
     """Samples drawn from each model for HDR calibration and the energy distance."""
     seed: int = 0
+    device: str = "cpu"
+    """Where the flows train (``cpu`` or ``cuda``); they are scored on the CPU."""
 
 
 QUICK = Settings(toys=("moons", "8gaussians"),
                  models=("fast", "default", *BASELINES), n_test=5000, n_samples=5000)
 
 
-def flow_config(overrides: dict[str, Any], extra: dict[str, Any], seed: int) -> TrainConfig:
-    """``TrainConfig`` <- model overrides <- ``--set`` values, validated, CPU, ``seed``."""
-    values = {**overrides, **extra, "seed": seed, "device": "cpu"}
+def flow_config(overrides: dict[str, Any], extra: dict[str, Any], seed: int,
+                device: str = "cpu") -> TrainConfig:
+    """``TrainConfig`` <- model overrides <- ``--set`` values, validated, ``device``, ``seed``."""
+    values = {**overrides, **extra, "seed": seed, "device": device}
     return TrainConfig.from_dict(values, source="benchmark config").validate()
 
 
@@ -108,11 +111,11 @@ def fit_flow(config: TrainConfig, rows: np.ndarray) -> tuple[Any, dict[str, Any]
         weight_decay=config.weight_decay, warmup=config.warmup,
         min_lr_ratio=config.min_lr_ratio, clip_grad=config.clip_grad,
         val_fraction=config.val_fraction, eval_every=config.eval_every,
-        patience=config.patience, seed=config.seed, device="cpu", progress=False,
+        patience=config.patience, seed=config.seed, device=config.device, progress=False,
     )
     info = {"fit_seconds": time.perf_counter() - wall, "fit_cpu_seconds": time.process_time() - cpu,
             "best_step": history.best_step, "stopped": history.stopped}
-    return flow.eval(), info
+    return flow.to("cpu").eval(), info
 
 
 def score_flow(flow: Any, test: np.ndarray, log_p: np.ndarray, settings: Settings
@@ -147,7 +150,7 @@ def run_toy(toy_name: str, settings: Settings, extra: dict[str, Any],
     """Every model on one toy; one result row per model."""
     toy = get_toy(toy_name)
     flows = {**FLOW_MODELS, **custom}
-    configs = {m: flow_config(flows[m], extra, settings.seed)
+    configs = {m: flow_config(flows[m], extra, settings.seed, settings.device)
                for m in settings.models if m in flows}
     n_rows = max([c.n_train for c in configs.values()] or [TrainConfig().n_train])
     rows = toy.sample(n_rows, seed=settings.seed)[0].numpy()
@@ -261,6 +264,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help='add a flow: TrainConfig overrides, e.g. w128=\'{"hidden": [128, 128]}\'')
     p.add_argument("--n-test", type=int, help="test points per toy")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu",
+                   help="train the flows here (cpu, cuda); scoring runs on the CPU")
     p.add_argument("--json", help="write the rows, settings and machine here")
     return p.parse_args(argv)
 
@@ -283,7 +288,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         raise SystemExit(f"Unknown model(s) {unknown}; expected some of {sorted(known)}")
     n_test = args.n_test or base.n_test
     settings = Settings(toys=tuple(args.toys or base.toys), models=models, n_test=n_test,
-                        n_samples=n_test, seed=args.seed)
+                        n_samples=n_test, seed=args.seed, device=args.device)
     info = machine()
     print(f"quality: {len(settings.toys)} toys x {len(models)} models on {info['cores']} cores, "
           f"load {info['load_average'][0]:.1f}", file=sys.stderr, flush=True)

@@ -56,6 +56,15 @@ if str(ROOT) not in sys.path:
 
 from benchmarks.peers import LIBRARIES, PEERS, Model, available, build, linear_flops  # noqa: E402
 
+DEVICE = torch.device("cpu")
+"""Where models and data live (``--device``); timed blocks wait for the device to finish."""
+
+
+def _sync() -> None:
+    """Wait for queued device work, so a timed block includes it (no-op on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
 __all__ = ["Settings", "main"]
 
 TARGETS = {"train": 3.0, "log_prob": 2.0, "sample": 2.0}
@@ -155,9 +164,9 @@ def summary(values: Sequence[float]) -> dict[str, float]:
 def data_pool(dim: int, batch: int, n_batches: int = 8, seed: int = 0) -> list[Tensor]:
     """Fixed batches of a 2-component Gaussian mixture, cycled through by training."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n_batches * batch, dim, generator=g)
-    sign = torch.randint(0, 2, (n_batches * batch, 1), generator=g) * 2 - 1
-    return list((x * 0.5 + sign * 1.5).split(batch))
+    x = torch.randn(n_batches * batch, dim, generator=g, device="cpu")
+    sign = torch.randint(0, 2, (n_batches * batch, 1), generator=g, device="cpu") * 2 - 1
+    return list((x * 0.5 + sign * 1.5).to(DEVICE).split(batch))
 
 
 
@@ -167,6 +176,7 @@ def train_task(model: Model, dim: int, batch: int, label: str) -> Task:
     def run(k: int) -> int:
         for i in range(k):
             model.train_step(pool[i % len(pool)])
+        _sync()
         return k
 
     return Task(label, run)
@@ -185,7 +195,8 @@ def fit_task(dim: int, batch: int) -> Task | None:
 
     def run(k: int) -> int:
         realnvp.fit(flow, data, steps=k, batch_size=batch, lr=1e-3, val_fraction=0.0,
-                    eval_every=k, warmup=0, progress=False)
+                    eval_every=k, warmup=0, progress=False, device=DEVICE)
+        _sync()
         return k
 
     return Task(FIT, run)
@@ -198,6 +209,7 @@ def log_prob_task(model: Model, dim: int, n: int) -> Task:
         with torch.inference_mode():
             for _ in range(k):
                 model.log_prob(x)
+        _sync()
         return k * n
 
     return Task(model.name, run)
@@ -208,21 +220,26 @@ def sample_task(model: Model, n: int) -> Task:
         with torch.inference_mode():
             for _ in range(k):
                 model.sample(n)
+        _sync()
         return k * n
 
     return Task(model.name, run)
 
 
 def peak_gflops(threads: int, size: int = 2048, repeats: int = 7) -> float:
-    """Float32 matmul GFLOP/s on ``threads`` threads, best of ``repeats``: the practical peak."""
+    """Float32 matmul GFLOP/s on ``threads`` threads (or the device), best of ``repeats``."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    if DEVICE.type != "cpu":
+        size *= 4
+    a, b = torch.randn(size, size, device=DEVICE), torch.randn(size, size, device=DEVICE)
     torch.mm(a, b)
     times = []
     for _ in range(repeats):
+        _sync()
         start = time.perf_counter()
         torch.mm(a, b)
+        _sync()
         times.append(time.perf_counter() - start)
     torch.set_num_threads(before)
     return 2 * size**3 / min(times) / 1e9
@@ -365,7 +382,8 @@ def machine() -> dict:
 
 
 def build_all(libraries: Sequence[str], dim: int) -> dict[str, Model]:
-    return {lib: build(lib, dim) for lib in libraries}
+    with DEVICE:  # parameters, buffers and optimiser state are created on the device
+        return {lib: build(lib, dim) for lib in libraries}
 
 
 def fastest_peer(results: dict[str, dict], peers: Sequence[str]) -> str | None:
@@ -486,6 +504,7 @@ def print_report(result: dict) -> None:
     print(f"\nMachine: {m['cpu']}, {m['usable_cores']} cores, torch {m['versions']['torch']}, "
           f"{m['torch_threads']} threads, OMP_WAIT_POLICY={m['OMP_WAIT_POLICY']}, "
           f"load average at start {m['load_average']}")
+    print(f"Device: {result['device']}")
     print("Architecture: RealNVP, {dim}-D, {n_layers} affine couplings, conditioner "
           "kept -> 64 -> 64 -> 2*transformed (ReLU), standard normal base".format(
               **result["architecture"]))
@@ -581,6 +600,7 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES,
                    help="libraries to run (default: all that are installed)")
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (then no subprocess part)")
     p.add_argument("--rounds", type=int, help="override the number of interleaved rounds")
     p.add_argument("--eval-batch", type=int, help="points per log_prob / sample call")
     p.add_argument("--no-scaling", action="store_true", help="skip the dimension x batch grid")
@@ -601,6 +621,10 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse(argv)
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type != "cpu":
+        args.no_subprocess = True  # import time and RSS say nothing about device memory
     if args.threads:
         torch.set_num_threads(args.threads)
     s = settings_from(args)
@@ -610,6 +634,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                for lib in args.libraries if lib not in libraries}
     result: dict = {"machine": machine(), "settings": s.__dict__, "skipped": skipped,
                     "command": " ".join([Path(sys.executable).name, *sys.argv]),
+                    "device": str(DEVICE) if DEVICE.type == "cpu" else
+                    torch.cuda.get_device_name(DEVICE),
                     "architecture": {"dim": args.dim, "n_layers": 8, "hidden": [64, 64]}}
     print(f"threads {torch.get_num_threads()}, OMP_WAIT_POLICY="
           f"{os.environ.get('OMP_WAIT_POLICY')}", file=sys.stderr)

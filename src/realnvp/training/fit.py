@@ -418,6 +418,7 @@ def fit(
         _initialize(flow, train)
     history.dequantized = {j: float(h) for j, h in enumerate(steps_h.tolist()) if h > 0}
     if checkpoint_dir is not None and not resume:  # resumable from the very first step
+        Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
         ckpt.save_checkpoint(checkpoint_dir, flow, optimizer, scheduler, generator, batches,
                              0, history, None)
     noise = steps_h.to(dev) if history.dequantized else None
