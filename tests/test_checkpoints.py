@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,9 @@ from realnvp.training.checkpoint import CHECKPOINT_FILE
 
 KW = {"steps": 60, "batch_size": 32, "eval_every": 5, "checkpoint_every": 5, "seed": 0,
       "progress": False}
-needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+needs_fork = pytest.mark.skipif(
+    not hasattr(os, "fork") or torch.cuda.is_initialized(),
+    reason="needs os.fork, in a process that has not started CUDA (CUDA cannot be forked)")
 
 
 def _data() -> torch.Tensor:
@@ -240,6 +243,8 @@ def _train_in_child(folder: Path) -> int:
             os.write(write, b"x")
             realnvp.fit(_flow(), _data(), checkpoint_dir=folder, **KILL_KW)
             code = 0
+        except BaseException:  # noqa: BLE001 - say why in the test's output, then exit 1
+            traceback.print_exc()
         finally:
             os._exit(code)
     os.read(read, 1)

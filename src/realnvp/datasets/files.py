@@ -27,6 +27,10 @@ __all__ = [
     "save_table",
 ]
 
+# pandas < 3 parses floats with a fast converter that can miss the last digit; 3.x is exact
+# by default (and deprecates the option).
+_EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".dat")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 READ_SUFFIXES = (*TEXT_SUFFIXES, ".npy", *PARQUET_SUFFIXES)
@@ -514,7 +518,7 @@ class _TextSource(_Source):
                 self.path, sep=sep, header=None, names=list(range(len(self.names))),
                 index_col=False, skiprows=self.skip, dtype=None,
                 keep_default_na=False, na_values=[], skip_blank_lines=True,
-                encoding="utf-8-sig", chunksize=rows, engine="c",
+                encoding="utf-8-sig", chunksize=rows, engine="c", **_EXACT_FLOATS,
             )
         except pd.errors.EmptyDataError:
             return
