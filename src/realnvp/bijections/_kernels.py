@@ -4,27 +4,89 @@ Plain functions of tensors (no modules), so TorchScript can compile them; script
 the Python interpreter out of the per-operation path, which is what limits low-dimensional
 flows at small batch sizes. :func:`kernels` compiles them once per process and falls back
 to the same functions in Python if scripting is unavailable. A bound <= 0 means "none".
+
+``onednn=True`` (float32 on the CPU, large batches: see :func:`use_onednn`) computes each
+hidden layer's matrix product, bias and activation as one oneDNN primitive instead of three
+passes over the activations; a conditioner with one input computes its first layer as an
+outer product (``addcmul``), which is cheaper than a matrix product with one column.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Kernels", "coupling_backward", "coupling_forward", "coupling_inverse", "kernels"]
+__all__ = ["Kernels", "coupling_backward", "coupling_forward", "coupling_inverse", "kernels",
+           "use_onednn"]
+
+ONEDNN_MIN_ROWS = 2048
+"""Below this many rows the fused oneDNN layer costs more to set up than it saves."""
+
+
+def use_onednn(x: Tensor) -> bool:
+    """Whether the fused oneDNN hidden layers pay off for a batch like ``x``."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32
+            and x.shape[0] >= ONEDNN_MIN_ROWS and torch.backends.mkldnn.is_available())
+
+
+def _layer(a: Tensor, w: Tensor, b: Tensor, relu: bool, onednn: bool) -> Tensor:
+    """``act(a @ w.T + b)``: one input as an outer product, fused by oneDNN where asked."""
+    if w.shape[1] == 1:
+        pre = torch.addcmul(b, a, w.t())
+    elif onednn:
+        no_scalars = torch.jit.annotate(list[Optional[Union[int, float, complex]]], [])  # noqa: UP007, UP045 - TorchScript
+        return torch.ops.mkldnn._linear_pointwise(a, w, b, "relu" if relu else "tanh",
+                                                  no_scalars, "")
+    else:
+        pre = F.linear(a, w, b)
+    return torch.relu_(pre) if relu else torch.tanh_(pre)
+
+
+def _take(h: Tensor, index: Tensor, view: list[int]) -> Tensor:
+    """Columns ``index`` of ``h``: a view when ``view`` is ``[start, stop, step]``, else a copy."""
+    if len(view) == 3:
+        return h[:, view[0]:view[1]:view[2]]
+    return h.index_select(1, index)
+
+
+def _put(h: Tensor, index: Tensor, view: list[int], values: Tensor) -> Tensor:
+    """A copy of ``h`` with columns ``index`` (see :func:`_take`) replaced by ``values``."""
+    if len(view) == 3:
+        out = h.clone()
+        out[:, view[0]:view[1]:view[2]] = values
+        return out
+    return h.index_copy(1, index, values)
+
+
+def _head(a: Tensor, w: Tensor, b: Tensor, d2: int, onednn: bool) -> tuple[Tensor, Tensor]:
+    """The output layer, split into the raw log-scale and the shift, each ``(batch, d2)``.
+
+    With few outputs a matrix product of ``(batch, hidden) x (hidden, 2 d2)`` runs far below
+    the machine's speed; on large batches it is computed transposed, ``w @ a.T``, instead.
+    """
+    if onednn:
+        out = torch.addmm(b.unsqueeze(1), w, a.t())
+        return out[:d2].t(), out[d2:].t()
+    out = F.linear(a, w, b)
+    return out[:, :d2], out[:, d2:]
 
 
 def coupling_forward(
-    h: Tensor, kept: Tensor, transformed: Tensor, params: list[Tensor], input_bound: float,
-    scale_bound: float, relu: bool,
+    h: Tensor, kept: Tensor, transformed: Tensor, kept_view: list[int],
+    transformed_view: list[int], params: list[Tensor], input_bound: float, scale_bound: float,
+    relu: bool, onednn: bool = False,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """One affine coupling, forward; returns ``(y, sum of s, tape)``. Bounds <= 0: none."""
-    x1 = h.index_select(1, kept)
-    x2 = h.index_select(1, transformed)
+    """One affine coupling, forward; returns ``(y, sum of s, tape)``. Bounds <= 0: none.
+
+    ``kept``/``transformed`` index the halves; ``*_view`` give them as ``[start, stop,
+    step]`` when they are evenly spaced (then no copy is made), or ``[]``.
+    """
+    x1 = _take(h, kept, kept_view)
+    x2 = _take(h, transformed, transformed_view)
     empty = h.new_empty(0)
     squashed = empty
     a = x1
@@ -34,29 +96,27 @@ def coupling_forward(
     acts: list[Tensor] = [a]
     n = len(params) // 2
     for k in range(n - 1):
-        pre = F.linear(acts[-1], params[2 * k], params[2 * k + 1])
-        acts.append(torch.relu_(pre) if relu else torch.tanh_(pre))
-    out = F.linear(acts[-1], params[2 * n - 2], params[2 * n - 1])
-    d2 = x2.shape[1]
-    s = out[:, :d2]
+        acts.append(_layer(acts[-1], params[2 * k], params[2 * k + 1], relu, onednn))
+    s, shift = _head(acts[-1], params[2 * n - 2], params[2 * n - 1], x2.shape[1], onednn)
     ts = empty
     if scale_bound > 0:
         ts = torch.tanh(s * (1.0 / scale_bound))
         s = ts * scale_bound
     exp_s = torch.exp(s)
     scaled = x2 * exp_s
-    y = h.index_copy(1, transformed, scaled + out[:, d2:])
+    y = _put(h, transformed, transformed_view, scaled + shift)
     return y, s.sum(1), [squashed, ts, exp_s, scaled] + acts
 
 
 def coupling_backward(
-    g: Tensor, kept: Tensor, transformed: Tensor, params: list[Tensor], grads: list[Tensor],
-    tape: list[Tensor], g_log_det: float, relu: bool,
+    g: Tensor, kept: Tensor, transformed: Tensor, kept_view: list[int],
+    transformed_view: list[int], params: list[Tensor], grads: list[Tensor], tape: list[Tensor],
+    g_log_det: float, relu: bool,
 ) -> Tensor:
     """One affine coupling, backward: writes weight gradients, returns d loss / d input."""
     squashed, ts, exp_s, scaled = tape[0], tape[1], tape[2], tape[3]
     acts = tape[4:]
-    g_y2 = g.index_select(1, transformed)
+    g_y2 = _take(g, transformed, transformed_view)
     g_s = g_y2 * scaled
     g_s.add_(g_log_det)
     if ts.numel() > 0:
@@ -74,31 +134,32 @@ def coupling_backward(
                 g_h.mul_(1.0 - acts[k] * acts[k])
     if squashed.numel() > 0:
         g_h.mul_(1.0 - squashed * squashed)
-    g_prev = g.index_copy(1, transformed, g_y2 * exp_s)
+    g_prev = _put(g, transformed, transformed_view, g_y2 * exp_s)
+    if len(kept_view) == 3:
+        g_prev[:, kept_view[0]:kept_view[1]:kept_view[2]] += g_h
+        return g_prev
     return g_prev.index_add_(1, kept, g_h)
 
 
 def coupling_inverse(
-    z: Tensor, kept: Tensor, transformed: Tensor, params: list[Tensor], input_bound: float,
-    scale_bound: float, relu: bool,
+    z: Tensor, kept: Tensor, transformed: Tensor, kept_view: list[int],
+    transformed_view: list[int], params: list[Tensor], input_bound: float, scale_bound: float,
+    relu: bool, onednn: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """One affine coupling, inverse: ``x2 = (z2 - t) exp(-s)``; returns ``(x, -sum of s)``."""
-    z1 = z.index_select(1, kept)
-    z2 = z.index_select(1, transformed)
+    z1 = _take(z, kept, kept_view)
+    z2 = _take(z, transformed, transformed_view)
     a = z1
     if input_bound > 0:
         a = torch.tanh(z1 * (1.0 / input_bound)) * input_bound
     n = len(params) // 2
     for k in range(n - 1):
-        pre = F.linear(a, params[2 * k], params[2 * k + 1])
-        a = torch.relu_(pre) if relu else torch.tanh_(pre)
-    out = F.linear(a, params[2 * n - 2], params[2 * n - 1])
-    d2 = z2.shape[1]
-    s = out[:, :d2]
+        a = _layer(a, params[2 * k], params[2 * k + 1], relu, onednn)
+    s, shift = _head(a, params[2 * n - 2], params[2 * n - 1], z2.shape[1], onednn)
     if scale_bound > 0:
         s = torch.tanh(s * (1.0 / scale_bound)) * scale_bound
-    x2 = (z2 - out[:, d2:]) * torch.exp(-s)
-    return z.index_copy(1, transformed, x2), -s.sum(1)
+    x2 = (z2 - shift) * torch.exp(-s)
+    return _put(z, transformed, transformed_view, x2), -s.sum(1)
 
 
 class Kernels(NamedTuple):

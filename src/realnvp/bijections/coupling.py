@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from realnvp.bijections._fused import FUSED_ACTIVATIONS, fused_affine
-from realnvp.bijections._kernels import kernels
+from realnvp.bijections._kernels import kernels, use_onednn
 from realnvp.bijections.base import Bijection
 from realnvp.nn import MLP
 
@@ -63,6 +63,8 @@ class Coupling(Bijection):
         """Views instead of gathers when kept/transformed indices are evenly spaced."""
         self._kept_slice = _as_slice(self.kept)
         self._transformed_slice = _as_slice(self.transformed)
+        self._kept_view = _as_view(self._kept_slice)
+        self._transformed_view = _as_view(self._transformed_slice)
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         ks, ts = self._kept_slice, self._transformed_slice
@@ -146,20 +148,24 @@ class AffineCoupling(Coupling):
                 and self.activation in FUSED_ACTIVATIONS
                 and not self.conditioner._forward_hooks)
 
+    def _halves(self) -> tuple[Tensor, Tensor, list[int], list[int]]:
+        """The kernels' description of the halves: indices, and views where they exist."""
+        return self.kept, self.transformed, self._kept_view, self._transformed_view
+
     def _kernel_args(self) -> tuple[list[Tensor], float, float, bool]:
         return (self.conditioner.flat_parameters(), _or_zero(self.input_bound),
                 _or_zero(self.scale_bound), self.activation == "relu")
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self._scripted():  # scoring and sampling: one compiled call per layer
-            z, log_det, _ = kernels().forward(x, self.kept, self.transformed,
-                                              *self._kernel_args())
+            z, log_det, _ = kernels().forward(x, *self._halves(), *self._kernel_args(),
+                                              use_onednn(x))
             return z, log_det
         return super().forward(x, context)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self._scripted():
-            return kernels().inverse(z, self.kept, self.transformed, *self._kernel_args())
+            return kernels().inverse(z, *self._halves(), *self._kernel_args(), use_onednn(z))
         return super().inverse(z, context)
 
     def _forward_transformed(
@@ -215,6 +221,11 @@ def _or_zero(bound: float | None) -> float:
 
 def _refresh_after_load(module: Coupling, _: object) -> None:
     module._refresh_slices()
+
+
+def _as_view(s: slice | None) -> list[int]:
+    """``[start, stop, step]`` of a slice, ``[]`` for none (the kernels' form)."""
+    return [] if s is None else [s.start, s.stop, s.step]
 
 
 def _as_slice(index: Tensor) -> slice | None:

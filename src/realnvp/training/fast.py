@@ -28,7 +28,7 @@ from torch import Tensor
 
 from realnvp.bijections import AffineCoupling, Permutation, Standardize
 from realnvp.bijections._fused import FUSED_ACTIVATIONS
-from realnvp.bijections._kernels import kernels
+from realnvp.bijections._kernels import kernels, use_onednn
 from realnvp.distributions import DiagonalNormal, StandardNormal
 from realnvp.flow import Flow
 
@@ -81,6 +81,7 @@ class FastStep:
         k = kernels()
         forward, backward = k.forward, k.backward
         batch = x.shape[0]
+        onednn = use_onednn(x)
         h = x
         log_det = x.new_zeros(batch)
         const = 0.5 * self.dim * math.log(2 * math.pi)
@@ -94,8 +95,7 @@ class FastStep:
                 h = h.index_select(1, layer.permutation)
                 tapes.append(None)
             else:
-                h, s_sum, tape = forward(h, layer.kept, layer.transformed,
-                                         *layer._kernel_args())
+                h, s_sum, tape = forward(h, *layer._halves(), *layer._kernel_args(), onednn)
                 log_det.add_(s_sum)
                 tapes.append(tape)
         loss = 0.5 * h.square().sum(1).mean() - log_det.mean() + const
@@ -108,8 +108,8 @@ class FastStep:
             else:
                 params = layer.conditioner.flat_parameters()
                 grads = [p.grad for p in params]
-                g = backward(g, layer.kept, layer.transformed, params, grads, tape,
-                             -1.0 / batch, layer.activation == "relu")
+                g = backward(g, *layer._halves(), params, grads, tape, -1.0 / batch,
+                             layer.activation == "relu")
         return loss
 
 
