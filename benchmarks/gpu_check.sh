@@ -34,5 +34,11 @@ rm -rf /tmp/gpu_check_run
 step train_cuda 120 bash -c "time $PY -m realnvp train --device cuda --quiet \
     --out /tmp/gpu_check_run && cp /tmp/gpu_check_run/metrics.json $OUT/train_metrics.json"
 step suite 150 "$PY" -m pytest -q -x -n 8 -p no:cacheprovider
+step profile_eager 90 "$PY" benchmarks/profile_inference.py --device cuda
+step profile_scripted 90 "$PY" -c "import runpy, sys
+import realnvp.bijections._kernels as k
+k.SCRIPTED_ON_ACCELERATORS = True
+sys.argv = ['profile_inference.py', '--device', 'cuda']
+runpy.run_path('benchmarks/profile_inference.py', run_name='__main__')"
 step speed_cuda_big 120 "$PY" benchmarks/speed.py --device cuda --quick --no-scaling \
     --rounds 3 --eval-batch 1048576 --json "$OUT/speed_cuda_big.json"

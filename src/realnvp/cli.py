@@ -59,9 +59,13 @@ def cli() -> None:
 
 
 def _config_help(name: str) -> str:
+    """A flag's help: the config field's text and its default (one source for both)."""
     from realnvp.training import TrainConfig
 
-    return TrainConfig.fields_help()[name]
+    default = getattr(TrainConfig(), name)
+    if isinstance(default, tuple):
+        default = ",".join(map(str, default))
+    return f"{TrainConfig.fields_help()[name]} [default: {default}]"
 
 
 @cli.command()
@@ -74,19 +78,17 @@ def _config_help(name: str) -> str:
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               default=None, help="TOML file of options (same names as the flags, with "
               "underscores); flags given on the command line override it.")
-@click.option("--steps", type=int, default=None, help=_config_help("steps") + " [default: 3000]")
+@click.option("--steps", type=int, default=None, help=_config_help("steps"))
 @click.option("--batch-size", type=int, default=None,
-              help=_config_help("batch_size") + " [default: 512]")
-@click.option("--lr", type=float, default=None, help=_config_help("lr") + " [default: 0.005]")
-@click.option("--layers", type=int, default=None, help=_config_help("layers") + " [default: 8]")
-@click.option("--hidden", default=None, help="Hidden sizes of each coupling network, e.g. "
-              "64,64. [default: 64,64]")
+              help=_config_help("batch_size"))
+@click.option("--lr", type=float, default=None, help=_config_help("lr"))
+@click.option("--layers", type=int, default=None, help=_config_help("layers"))
+@click.option("--hidden", default=None, help=_config_help("hidden") + " Comma-separated.")
 @click.option("--coupling", type=click.Choice(["affine", "additive", "spline"]), default=None,
-              help=_config_help("coupling") + " [default: affine]")
-@click.option("--seed", type=int, default=None, help=_config_help("seed") + " [default: 0]")
-@click.option("--device", default=None, help=_config_help("device") + " [default: auto]")
-@click.option("--n-train", type=int, default=None, help=_config_help("n_train") +
-              " [default: 100000]")
+              help=_config_help("coupling"))
+@click.option("--seed", type=int, default=None, help=_config_help("seed"))
+@click.option("--device", default=None, help=_config_help("device"))
+@click.option("--n-train", type=int, default=None, help=_config_help("n_train"))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run folder to write. [default: runs/<data name>]")
 @click.option("--force", is_flag=True, help="Overwrite an existing run folder.")

@@ -561,9 +561,31 @@ def _trace(flow: Flow, points: np.ndarray, lines: np.ndarray | None, inverse: bo
     return stages, grids
 
 
+MAX_PANELS = 16
+"""Layer-by-layer figures of deeper flows show this many evenly spaced stages (first and last
+always), so a 24-layer flow still reads as one picture."""
+
+
+def _shown(n: int, limit: int = MAX_PANELS) -> list[int]:
+    """Indices of the stages to draw: all of them, or ``limit`` evenly spaced incl. both ends.
+
+    Example:
+        >>> _shown(4), _shown(30, limit=4)
+        ([0, 1, 2, 3], [0, 10, 19, 29])
+    """
+    if n <= limit:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (limit - 1)) for i in range(limit)})
+
+
 def _plot_stages(stages: Sequence[np.ndarray], grids: Sequence[np.ndarray] | None,
                  titles: Sequence[str], names: Sequence[str], colors: Any,
                  handles: list[Line2D], suptitle: str) -> Figure:
+    keep = _shown(len(stages))
+    if len(keep) < len(stages):
+        suptitle += f"\n({len(keep)} of {len(stages)} stages, evenly spaced)"
+    stages, titles, names = ([seq[i] for i in keep] for seq in (stages, titles, names))
+    grids = None if grids is None else [grids[i] for i in keep]
     n = len(stages)
     nrows = math.ceil(n / 5)  # at most 5 panels a row, rows as evenly filled as possible
     ncols = math.ceil(n / nrows)

@@ -158,14 +158,15 @@ class AffineCoupling(Coupling):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self._scripted():  # scoring and sampling: one compiled call per layer
-            z, log_det, _ = kernels().forward(x, *self._halves(), *self._kernel_args(),
-                                              use_onednn(x))
+            z, log_det, _ = kernels(x.device).forward(x, *self._halves(), *self._kernel_args(),
+                                                      use_onednn(x))
             return z, log_det
         return super().forward(x, context)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self._scripted():
-            return kernels().inverse(z, *self._halves(), *self._kernel_args(), use_onednn(z))
+            return kernels(z.device).inverse(z, *self._halves(), *self._kernel_args(),
+                                             use_onednn(z))
         return super().inverse(z, context)
 
     def _forward_transformed(

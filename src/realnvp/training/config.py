@@ -23,15 +23,15 @@ class TrainConfig:
     """
 
     # Model
-    layers: int = _doc(8, "Number of coupling layers.")
-    hidden: tuple[int, ...] = _doc((64, 64), "Hidden sizes of each coupling's network.")
+    layers: int = _doc(24, "Number of coupling layers.")
+    hidden: tuple[int, ...] = _doc((32, 32), "Hidden sizes of each coupling's network.")
     coupling: str = _doc("affine", "Coupling type: affine (RealNVP), additive (NICE) or spline.")
     activation: str = _doc("relu", "Activation of the coupling networks.")
     scale_bound: float = _doc(3.0, "Bound c on each log-scale: s = c*tanh(s/c).")
     permutation: str = _doc("none", "Between couplings: none, reverse, random or lu.")
     actnorm: bool = _doc(False, "Put an ActNorm layer before each coupling.")
     # Optimisation
-    steps: int = _doc(3000, "Number of optimisation steps (upper bound with early stopping).")
+    steps: int = _doc(2500, "Number of optimisation steps (upper bound with early stopping).")
     batch_size: int = _doc(512, "Rows per step.")
     lr: float = _doc(5e-3, "Peak learning rate of Adam.")
     weight_decay: float = _doc(0.0, "Adam weight decay.")
@@ -125,8 +125,9 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
 PRESETS: dict[str, dict[str, Any]] = {
     # ~15 s on 2 cores; moons KL gap 0.024 (measured on 20k rows).
     "fast": {"steps": 1500, "batch_size": 512, "lr": 3e-3, "n_train": 20000},
-    # ~30-40 s of training on 2 cores; moons KL gap 0.015 (0.020 with 20k rows: the flow
-    # overfits 20k rows in 3000 steps), 8gaussians 0.067.
+    # 24 narrow couplings (32-32), 2500 steps: ~40 s of training on 2 cores; moons KL gap
+    # 0.006, 8gaussians 0.034. Depth is what 8gaussians needs: 8 couplings of 64-64 gave
+    # 0.067, 16 gave 0.041, 24 of 32-32 0.032 at 3000 steps (benchmarks/README.md).
     "default": {},
     # Rational-quadratic spline couplings, 128-128 networks: ~9 min of training on 2 cores;
     # rings KL gap 0.062 (affine default: 0.7+), moons 0.006 after a quarter of the steps.

@@ -78,7 +78,7 @@ class FastStep:
             return self._step(x)
 
     def _step(self, x: Tensor) -> Tensor:
-        k = kernels()
+        k = kernels(x.device)
         forward, backward = k.forward, k.backward
         batch = x.shape[0]
         onednn = use_onednn(x)
