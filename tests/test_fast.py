@@ -26,8 +26,7 @@ def kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     from realnvp.bijections import _kernels as k
 
     if request.param == "python":
-        monkeypatch.setattr(k, "_CACHE", [k.Kernels(k.coupling_forward, k.coupling_backward,
-                                                    k.coupling_inverse)])
+        monkeypatch.setattr(k, "_CACHE", [k._PYTHON])
     return request.param
 
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Kernels", "coupling_backward", "coupling_forward", "coupling_inverse", "kernels",
-           "use_onednn"]
+__all__ = ["Kernels", "coupling_backward", "coupling_forward", "coupling_forward_train",
+           "coupling_inverse", "kernels", "use_onednn"]
 
 ONEDNN_MIN_ROWS = 2048
 """Below this many rows the fused oneDNN layer costs more to set up than it saves."""
@@ -162,15 +162,30 @@ def coupling_inverse(
     return _put(z, transformed, transformed_view, x2), -s.sum(1)
 
 
+def coupling_forward_train(
+    h: Tensor, kept: Tensor, transformed: Tensor, kept_view: list[int],
+    transformed_view: list[int], params: list[Tensor], input_bound: float, scale_bound: float,
+    relu: bool, onednn: bool = False,
+) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """:func:`coupling_forward` for the training step, compiled on its own.
+
+    Each compiled function keeps its own shape specialisations, so the training batch size
+    never displaces the scoring batch sizes (which matters for TorchScript's GPU fuser).
+    """
+    return coupling_forward(h, kept, transformed, kept_view, transformed_view, params,
+                            input_bound, scale_bound, relu, onednn)
+
+
 class Kernels(NamedTuple):
     """The compiled (or Python) coupling kernels."""
 
     forward: Any
     backward: Any
     inverse: Any
+    train_forward: Any
 
 
-_PYTHON = Kernels(coupling_forward, coupling_backward, coupling_inverse)
+_PYTHON = Kernels(coupling_forward, coupling_backward, coupling_inverse, coupling_forward_train)
 
 
 _CACHE: list[Kernels] = []
@@ -193,7 +208,7 @@ def kernels(device: torch.device | None = None) -> Kernels:
     Example:
         >>> k = kernels()
         >>> sorted(k._fields)
-        ['backward', 'forward', 'inverse']
+        ['backward', 'forward', 'inverse', 'train_forward']
     """
     if device is not None and device.type != "cpu" and not SCRIPTED_ON_ACCELERATORS:
         return _PYTHON

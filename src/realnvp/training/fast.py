@@ -79,7 +79,7 @@ class FastStep:
 
     def _step(self, x: Tensor) -> Tensor:
         k = kernels(x.device)
-        forward, backward = k.forward, k.backward
+        forward, backward = k.train_forward, k.backward
         batch = x.shape[0]
         onednn = use_onednn(x)
         h = x
