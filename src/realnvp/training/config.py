@@ -124,7 +124,8 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
 # Recipes chosen by measurement (benchmarks/quality.py; figures in benchmarks/README.md).
 PRESETS: dict[str, dict[str, Any]] = {
     # ~15 s on 2 cores; moons KL gap 0.024 (measured on 20k rows).
-    "fast": {"steps": 1500, "batch_size": 512, "lr": 3e-3, "n_train": 20000},
+    "fast": {"layers": 8, "hidden": (64, 64), "steps": 1500, "batch_size": 512, "lr": 3e-3,
+             "n_train": 20000},
     # 24 narrow couplings (32-32), 2500 steps: ~40 s of training on 2 cores; moons KL gap
     # 0.006, 8gaussians 0.034. Depth is what 8gaussians needs: 8 couplings of 64-64 gave
     # 0.067, 16 gave 0.041, 24 of 32-32 0.032 at 3000 steps (benchmarks/README.md).
