@@ -88,6 +88,7 @@ def build_flow(config: TrainConfig, dim: int) -> Flow:
         dim=dim, n_layers=config.layers, hidden=tuple(config.hidden), coupling=config.coupling,
         activation=config.activation, scale_bound=config.scale_bound,
         permutation=config.permutation, actnorm=config.actnorm, seed=config.seed,
+        bins=config.bins, spline_bound=config.spline_bound,
     )
 
 

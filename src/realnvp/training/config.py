@@ -30,6 +30,9 @@ class TrainConfig:
     scale_bound: float = _doc(3.0, "Bound c on each log-scale: s = c*tanh(s/c).")
     permutation: str = _doc("none", "Between couplings: none, reverse, random or lu.")
     actnorm: bool = _doc(False, "Put an ActNorm layer before each coupling.")
+    bins: int = _doc(8, "Bins of each spline (coupling=spline).")
+    spline_bound: float = _doc(5.0, "Splines act on [-B, B] in standardised units, identity "
+                               "outside (coupling=spline).")
     # Optimisation
     steps: int = _doc(2500, "Number of optimisation steps (upper bound with early stopping).")
     batch_size: int = _doc(512, "Rows per step.")
@@ -86,6 +89,10 @@ class TrainConfig:
             raise ValueError(f"Expected 0 <= val_fraction < 1; got {self.val_fraction}")
         if self.warmup < 0 or self.patience < 0 or self.clip_grad < 0:
             raise ValueError("Expected warmup, patience and clip_grad >= 0")
+        if self.bins < 2:
+            raise ValueError(f"Expected bins >= 2; got {self.bins}")
+        if not self.spline_bound > 0:
+            raise ValueError(f"Expected spline_bound > 0; got {self.spline_bound}")
         if not self.scale_bound > 0:
             raise ValueError(f"Expected scale_bound > 0; got {self.scale_bound}")
         if self.coupling not in ("affine", "additive", "spline"):
