@@ -134,7 +134,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"layers": 8, "hidden": (64, 64), "steps": 1500, "batch_size": 512, "lr": 3e-3,
              "n_train": 20000},
     # 24 narrow couplings (32-32), 2500 steps: ~40 s of training on 2 cores; moons KL gap
-    # 0.006, 8gaussians 0.034. Depth is what 8gaussians needs: 8 couplings of 64-64 gave
+    # 0.006, 8gaussians 0.034-0.041 (3 seeds). Depth is what 8gaussians needs: 8 x 64-64 gave
     # 0.067, 16 gave 0.041, 24 of 32-32 0.032 at 3000 steps (benchmarks/README.md).
     "default": {},
     # Rational-quadratic spline couplings, 8 x 64-64, 12000 steps on 100k toy rows: ~6-7 min
