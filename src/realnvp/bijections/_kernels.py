@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["Kernels", "coupling_backward", "coupling_forward", "coupling_forward_train",
-           "coupling_inverse", "kernels", "use_onednn"]
+           "coupling_inverse", "kernels", "put_columns", "take_columns", "use_onednn"]
 
 ONEDNN_MIN_ROWS = 2048
 """Below this many rows the fused oneDNN layer costs more to set up than it saves."""
@@ -38,7 +38,8 @@ def _layer(a: Tensor, w: Tensor, b: Tensor, relu: bool, onednn: bool) -> Tensor:
     if w.shape[1] == 1:
         pre = torch.addcmul(b, a, w.t())
     elif onednn:
-        no_scalars = torch.jit.annotate(list[Optional[Union[int, float, complex]]], [])  # noqa: UP007, UP045 - TorchScript
+        # TorchScript reads the op's "Scalar?[]" only in typing.Optional/Union spelling.
+        no_scalars = torch.jit.annotate(list[Optional[Union[int, float, complex]]], [])  # noqa: UP007, UP045
         return torch.ops.mkldnn._linear_pointwise(a, w, b, "relu" if relu else "tanh",
                                                   no_scalars, "")
     else:
@@ -46,15 +47,15 @@ def _layer(a: Tensor, w: Tensor, b: Tensor, relu: bool, onednn: bool) -> Tensor:
     return torch.relu_(pre) if relu else torch.tanh_(pre)
 
 
-def _take(h: Tensor, index: Tensor, view: list[int]) -> Tensor:
+def take_columns(h: Tensor, index: Tensor, view: list[int]) -> Tensor:
     """Columns ``index`` of ``h``: a view when ``view`` is ``[start, stop, step]``, else a copy."""
     if len(view) == 3:
         return h[:, view[0]:view[1]:view[2]]
     return h.index_select(1, index)
 
 
-def _put(h: Tensor, index: Tensor, view: list[int], values: Tensor) -> Tensor:
-    """A copy of ``h`` with columns ``index`` (see :func:`_take`) replaced by ``values``."""
+def put_columns(h: Tensor, index: Tensor, view: list[int], values: Tensor) -> Tensor:
+    """A copy of ``h`` with columns ``index`` (see :func:`take_columns`) replaced by ``values``."""
     if len(view) == 3:
         out = h.clone()
         out[:, view[0]:view[1]:view[2]] = values
@@ -85,8 +86,8 @@ def coupling_forward(
     ``kept``/``transformed`` index the halves; ``*_view`` give them as ``[start, stop,
     step]`` when they are evenly spaced (then no copy is made), or ``[]``.
     """
-    x1 = _take(h, kept, kept_view)
-    x2 = _take(h, transformed, transformed_view)
+    x1 = take_columns(h, kept, kept_view)
+    x2 = take_columns(h, transformed, transformed_view)
     empty = h.new_empty(0)
     squashed = empty
     a = x1
@@ -104,7 +105,7 @@ def coupling_forward(
         s = ts * scale_bound
     exp_s = torch.exp(s)
     scaled = x2 * exp_s
-    y = _put(h, transformed, transformed_view, scaled + shift)
+    y = put_columns(h, transformed, transformed_view, scaled + shift)
     return y, s.sum(1), [squashed, ts, exp_s, scaled] + acts
 
 
@@ -116,7 +117,7 @@ def coupling_backward(
     """One affine coupling, backward: writes weight gradients, returns d loss / d input."""
     squashed, ts, exp_s, scaled = tape[0], tape[1], tape[2], tape[3]
     acts = tape[4:]
-    g_y2 = _take(g, transformed, transformed_view)
+    g_y2 = take_columns(g, transformed, transformed_view)
     g_s = g_y2 * scaled
     g_s.add_(g_log_det)
     if ts.numel() > 0:
@@ -134,7 +135,7 @@ def coupling_backward(
                 g_h.mul_(1.0 - acts[k] * acts[k])
     if squashed.numel() > 0:
         g_h.mul_(1.0 - squashed * squashed)
-    g_prev = _put(g, transformed, transformed_view, g_y2 * exp_s)
+    g_prev = put_columns(g, transformed, transformed_view, g_y2 * exp_s)
     if len(kept_view) == 3:
         g_prev[:, kept_view[0]:kept_view[1]:kept_view[2]] += g_h
         return g_prev
@@ -147,8 +148,8 @@ def coupling_inverse(
     relu: bool, onednn: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """One affine coupling, inverse: ``x2 = (z2 - t) exp(-s)``; returns ``(x, -sum of s)``."""
-    z1 = _take(z, kept, kept_view)
-    z2 = _take(z, transformed, transformed_view)
+    z1 = take_columns(z, kept, kept_view)
+    z2 = take_columns(z, transformed, transformed_view)
     a = z1
     if input_bound > 0:
         a = torch.tanh(z1 * (1.0 / input_bound)) * input_bound
@@ -159,7 +160,7 @@ def coupling_inverse(
     if scale_bound > 0:
         s = torch.tanh(s * (1.0 / scale_bound)) * scale_bound
     x2 = (z2 - shift) * torch.exp(-s)
-    return _put(z, transformed, transformed_view, x2), -s.sum(1)
+    return put_columns(z, transformed, transformed_view, x2), -s.sum(1)
 
 
 def coupling_forward_train(

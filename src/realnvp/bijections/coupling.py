@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from realnvp.bijections._fused import FUSED_ACTIVATIONS, fused_affine
-from realnvp.bijections._kernels import kernels, use_onednn
+from realnvp.bijections._kernels import kernels, put_columns, take_columns, use_onednn
 from realnvp.bijections.base import Bijection
 from realnvp.nn import MLP
 
@@ -56,21 +56,21 @@ class Coupling(Bijection):
         n_out = int((~mask).sum()) * self.params_per_feature
         self.conditioner = MLP(n_in, n_out, hidden, activation)
         self.activation = activation
-        self._refresh_slices()
+        self._refresh_views()
         self.register_load_state_dict_post_hook(_refresh_after_load)
 
-    def _refresh_slices(self) -> None:
+    def _refresh_views(self) -> None:
         """Views instead of gathers when kept/transformed indices are evenly spaced."""
-        self._kept_slice = _as_slice(self.kept)
-        self._transformed_slice = _as_slice(self.transformed)
-        self._kept_view = _as_view(self._kept_slice)
-        self._transformed_view = _as_view(self._transformed_slice)
+        self._kept_view = _as_view(self.kept)
+        self._transformed_view = _as_view(self.transformed)
 
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        ks, ts = self._kept_slice, self._transformed_slice
-        x1 = x[:, ks] if ks is not None else x.index_select(1, self.kept)
-        x2 = x[:, ts] if ts is not None else x.index_select(1, self.transformed)
-        return x1, x2
+        return (take_columns(x, self.kept, self._kept_view),
+                take_columns(x, self.transformed, self._transformed_view))
+
+    def _merge(self, x: Tensor, values: Tensor) -> Tensor:
+        """``x`` with its transformed half replaced by ``values``."""
+        return put_columns(x, self.transformed, self._transformed_view, values)
 
     def _conditioner_input(self, x1: Tensor, context: Tensor | None) -> Tensor:
         """``b tanh(x1 / b)``, then the context appended (the context is never bounded)."""
@@ -90,12 +90,12 @@ class Coupling(Bijection):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x1, x2 = self._split(x)
         y2, log_det = self._forward_transformed(x1, x2, context)
-        return x.index_copy(1, self.transformed, y2), log_det
+        return self._merge(x, y2), log_det
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z1, z2 = self._split(z)
         x2, log_det = self._untransform(z2, self._params(z1, context))
-        return z.index_copy(1, self.transformed, x2), log_det
+        return self._merge(z, x2), log_det
 
     def _forward_transformed(
         self, x1: Tensor, x2: Tensor, context: Tensor | None
@@ -221,22 +221,17 @@ def _or_zero(bound: float | None) -> float:
 
 
 def _refresh_after_load(module: Coupling, _: object) -> None:
-    module._refresh_slices()
+    module._refresh_views()
 
 
-def _as_view(s: slice | None) -> list[int]:
-    """``[start, stop, step]`` of a slice, ``[]`` for none (the kernels' form)."""
-    return [] if s is None else [s.start, s.stop, s.step]
-
-
-def _as_slice(index: Tensor) -> slice | None:
-    """``slice(start, stop, step)`` equal to a non-empty, evenly spaced index, else None."""
+def _as_view(index: Tensor) -> list[int]:
+    """``[start, stop, step]`` equal to a non-empty, evenly spaced index, else ``[]``."""
     values = index.tolist()
     if not values:
-        return None
+        return []
     if len(values) == 1:
-        return slice(values[0], values[0] + 1, 1)
+        return [values[0], values[0] + 1, 1]
     step = values[1] - values[0]
     if step < 1 or any(b - a != step for a, b in zip(values[:-1], values[1:], strict=True)):
-        return None
-    return slice(values[0], values[-1] + 1, step)
+        return []
+    return [values[0], values[-1] + 1, step]

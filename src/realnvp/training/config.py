@@ -137,9 +137,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 0.006, 8gaussians 0.034-0.041 (3 seeds). Depth is what 8gaussians needs: 8 x 64-64 gave
     # 0.067, 16 gave 0.041, 24 of 32-32 0.032 at 3000 steps (benchmarks/README.md).
     "default": {},
-    # Rational-quadratic spline couplings, 8 x 64-64, 12000 steps on 100k toy rows: ~6-7 min
-    # of training on 2 cores (32 ms/step). With 20k rows the longer runs overfitted (circles
-    # 0.011 after 2000 steps, 0.017 after 12000 at 128-128).
+    # Rational-quadratic spline couplings, 8 x 64-64, 12000 steps on 100k toy rows: 400-460 s
+    # of training on 2 cores (8 min in all for `realnvp train --preset accurate`). With 20k
+    # rows the longer runs overfitted (circles 0.011 after 2000 steps, 0.017 after 12000 at
+    # 128-128).
     "accurate": {"coupling": "spline", "layers": 8, "hidden": (64, 64), "steps": 12000,
                  "lr": 3e-3, "n_train": 100000},
 }
