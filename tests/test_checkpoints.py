@@ -259,12 +259,15 @@ def test_sigkill_at_random_moments_always_leaves_a_run_that_loads_and_resumes_ex
     """20 trials: SIGKILL a training process at a random moment, load, resume, compare."""
     reference = _flow()
     realnvp.fit(reference, _data(), **KILL_KW)  # warm: the first fit in a process is slower
-    folder = tmp_path / "timed"
-    folder.mkdir()
-    started = time.perf_counter()
-    _, status = os.waitpid(_train_in_child(folder), 0)
-    seconds = time.perf_counter() - started
-    assert os.waitstatus_to_exitcode(status) == 0  # left alone, the child trains to the end
+    durations = []
+    for timed in range(2):  # the quicker of two runs: a slow first one would put kills too late
+        folder = tmp_path / f"timed{timed}"
+        folder.mkdir()
+        started = time.perf_counter()
+        _, status = os.waitpid(_train_in_child(folder), 0)
+        durations.append(time.perf_counter() - started)
+        assert os.waitstatus_to_exitcode(status) == 0  # left alone, the child trains to the end
+    seconds = min(durations)
     rng = random.Random(20240607)
     outcomes = {"resumed": 0, "no checkpoint yet": 0, "finished": 0, "temporary file left": 0}
     for trial in range(20):
