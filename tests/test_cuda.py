@@ -17,7 +17,12 @@ import torch
 
 import realnvp
 import realnvp.cli
-from realnvp.bijections._kernels import coupling_forward, coupling_inverse, kernels
+from realnvp.bijections._kernels import (
+    bound_constants,
+    coupling_forward,
+    coupling_inverse,
+    kernels,
+)
 from realnvp.datasets import get_toy
 from realnvp.training import make_train_step
 
@@ -58,12 +63,14 @@ def test_scripted_kernels_on_cuda_match_the_python_kernels() -> None:
     transformed = torch.tensor([1, 3], device=CUDA)
     params = [torch.randn(8, 2, device=CUDA), torch.randn(8, device=CUDA),
               torch.randn(4, 8, device=CUDA), torch.randn(4, device=CUDA)]
-    y, ld, _ = kernels().forward(h, kept, transformed, [], [], params, 10.0, 3.0, True)
-    y_py, ld_py, _ = coupling_forward(h, kept, transformed, [], [], params, 10.0, 3.0, True)
+    consts = bound_constants(10.0, 3.0, h)
+    y, ld, _ = kernels().forward(h, kept, transformed, [], [], params, 10.0, 3.0, consts, True)
+    y_py, ld_py, _ = coupling_forward(h, kept, transformed, [], [], params, 10.0, 3.0, consts,
+                                      True)
     torch.testing.assert_close(y, y_py)
     torch.testing.assert_close(ld, ld_py)
-    x, ld_inv = kernels().inverse(y, kept, transformed, [], [], params, 10.0, 3.0, True)
-    x_py, _ = coupling_inverse(y, kept, transformed, [], [], params, 10.0, 3.0, True)
+    x, ld_inv = kernels().inverse(y, kept, transformed, [], [], params, 10.0, 3.0, consts, True)
+    x_py, _ = coupling_inverse(y, kept, transformed, [], [], params, 10.0, 3.0, consts, True)
     torch.testing.assert_close(x, x_py)
     torch.testing.assert_close(x, h)
     torch.testing.assert_close(ld_inv, -ld)

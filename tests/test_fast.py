@@ -106,3 +106,19 @@ def test_large_batches_with_unevenly_spaced_halves_use_index_gathers(kernels: st
     assert torch.allclose(y, y_ref, atol=1e-5) and torch.allclose(ld, ld_ref, atol=1e-5)
     assert torch.equal(y[:, mask], x[:, mask])  # the kept half passes through bit for bit
     assert torch.allclose(back, x, atol=1e-4) and torch.allclose(ld_inv, -ld, atol=1e-5)
+
+
+@pytest.mark.parametrize("mask", [[1, 0], [0, 1], [1, 1, 0], [0, 0, 1, 1], [1, 0, 1, 0],
+                                  [0, 1, 0, 1], [1, 0, 1], [1, 0, 0, 1, 1]],
+                         ids=lambda m: "".join(map(str, m)))
+def test_merging_the_halves_undoes_taking_them(mask: list[int]) -> None:
+    from realnvp.bijections import AffineCoupling
+    from realnvp.bijections._kernels import merge_columns, take_columns
+
+    layer = AffineCoupling(torch.tensor(mask, dtype=torch.bool), hidden=(4,))
+    kept, transformed, kept_view, transformed_view = layer._halves()
+    x = torch.randn(7, len(mask))
+    x1, x2 = take_columns(x, kept, kept_view), take_columns(x, transformed, transformed_view)
+    assert torch.equal(x1, x[:, kept]) and torch.equal(x2, x[:, transformed])
+    merged = merge_columns(x1, x2, kept, transformed, kept_view, transformed_view)
+    assert torch.equal(merged, x)

@@ -54,6 +54,8 @@ class MLP(nn.Sequential):
             if i < len(sizes) - 2:
                 layers.append(ACTIVATIONS[activation]())
         super().__init__(*layers)
+        # Plain list (not registered again): flat_parameters runs once per layer per call.
+        self._linears = [m for m in layers if isinstance(m, nn.Linear)]
         if zero_last:
             last = self[-1]
             assert isinstance(last, nn.Linear)
@@ -62,7 +64,10 @@ class MLP(nn.Sequential):
 
     def flat_parameters(self) -> list[Tensor]:
         """``[W_1, b_1, W_2, b_2, ...]`` of the linear layers, input to output."""
-        return [p for m in self if isinstance(m, nn.Linear) for p in (m.weight, m.bias)]
+        params = []
+        for m in self._linears:
+            params += (m._parameters["weight"], m._parameters["bias"])
+        return params
 
 
 def _linear(a: int, b: int) -> nn.Linear:

@@ -20,8 +20,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Kernels", "coupling_backward", "coupling_forward", "coupling_forward_train",
-           "coupling_inverse", "kernels", "put_columns", "take_columns", "use_onednn"]
+__all__ = ["Kernels", "bound_constants", "coupling_backward", "coupling_forward",
+           "coupling_forward_train", "coupling_inverse", "kernels", "merge_columns",
+           "put_columns", "take_columns", "use_onednn"]
 
 ONEDNN_MIN_ROWS = 2048
 """Below this many rows the fused oneDNN layer costs more to set up than it saves."""
@@ -50,7 +51,7 @@ def _layer(a: Tensor, w: Tensor, b: Tensor, relu: bool, onednn: bool) -> Tensor:
 def take_columns(h: Tensor, index: Tensor, view: list[int]) -> Tensor:
     """Columns ``index`` of ``h``: a view when ``view`` is ``[start, stop, step]``, else a copy."""
     if len(view) == 3:
-        return h[:, view[0]:view[1]:view[2]]
+        return torch.ops.aten.slice(h, 1, view[0], view[1], view[2])
     return h.index_select(1, index)
 
 
@@ -58,9 +59,42 @@ def put_columns(h: Tensor, index: Tensor, view: list[int], values: Tensor) -> Te
     """A copy of ``h`` with columns ``index`` (see :func:`take_columns`) replaced by ``values``."""
     if len(view) == 3:
         out = h.clone()
-        out[:, view[0]:view[1]:view[2]] = values
+        torch.ops.aten.slice(out, 1, view[0], view[1], view[2]).copy_(values)
         return out
     return h.index_copy(1, index, values)
+
+
+def merge_columns(x1: Tensor, x2: Tensor, kept: Tensor, transformed: Tensor,
+                  kept_view: list[int], transformed_view: list[int]) -> Tensor:
+    """The rows whose columns ``kept`` are ``x1`` and columns ``transformed`` are ``x2``.
+
+    The two index sets partition the columns (they come from one mask). Two contiguous
+    blocks are concatenated and two interleaved halves (even and odd columns) stacked: one
+    operation instead of a copy and two scatters.
+    """
+    if len(kept_view) == 3 and len(transformed_view) == 3:
+        if kept_view[2] == 1 and transformed_view[2] == 1:
+            if kept_view[0] == 0:
+                return torch.cat([x1, x2], 1)
+            return torch.cat([x2, x1], 1)
+        if kept_view[2] == 2 and transformed_view[2] == 2 and x1.shape[1] == x2.shape[1]:
+            pair = [x1, x2] if kept_view[0] == 0 else [x2, x1]
+            return torch.stack(pair, 2).flatten(1)
+    out = x1.new_empty(x1.shape[0], x1.shape[1] + x2.shape[1])
+    out.index_copy_(1, kept, x1)
+    return out.index_copy_(1, transformed, x2)
+
+
+def bound_constants(input_bound: float, scale_bound: float, like: Tensor) -> list[Tensor]:
+    """``[b, 1/b, c, 1/c, 1]`` as 0-dim tensors like ``like`` (a bound <= 0 gives 1).
+
+    The kernels multiply by these instead of Python numbers: a number becomes a tensor
+    (and a dtype conversion) on every scripted operation that takes it.
+    """
+    values = [input_bound, 1.0 / input_bound if input_bound > 0 else 1.0,
+              scale_bound, 1.0 / scale_bound if scale_bound > 0 else 1.0, 1.0]
+    return [torch.tensor(v if v > 0 else 1.0, dtype=like.dtype, device=like.device)
+            for v in values]
 
 
 def _head(a: Tensor, w: Tensor, b: Tensor, d2: int, onednn: bool) -> tuple[Tensor, Tensor]:
@@ -79,12 +113,13 @@ def _head(a: Tensor, w: Tensor, b: Tensor, d2: int, onednn: bool) -> tuple[Tenso
 def coupling_forward(
     h: Tensor, kept: Tensor, transformed: Tensor, kept_view: list[int],
     transformed_view: list[int], params: list[Tensor], input_bound: float, scale_bound: float,
-    relu: bool, onednn: bool = False,
+    consts: list[Tensor], relu: bool, onednn: bool = False,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """One affine coupling, forward; returns ``(y, sum of s, tape)``. Bounds <= 0: none.
 
     ``kept``/``transformed`` index the halves; ``*_view`` give them as ``[start, stop,
-    step]`` when they are evenly spaced (then no copy is made), or ``[]``.
+    step]`` when they are evenly spaced (then no copy is made), or ``[]``. ``consts`` are
+    the bounds as tensors (:func:`bound_constants`).
     """
     x1 = take_columns(h, kept, kept_view)
     x2 = take_columns(h, transformed, transformed_view)
@@ -92,8 +127,8 @@ def coupling_forward(
     squashed = empty
     a = x1
     if input_bound > 0:
-        squashed = torch.tanh(x1 * (1.0 / input_bound))
-        a = squashed * input_bound
+        squashed = torch.tanh(x1 * consts[1])
+        a = squashed * consts[0]
     acts: list[Tensor] = [a]
     n = len(params) // 2
     for k in range(n - 1):
@@ -101,27 +136,31 @@ def coupling_forward(
     s, shift = _head(acts[-1], params[2 * n - 2], params[2 * n - 1], x2.shape[1], onednn)
     ts = empty
     if scale_bound > 0:
-        ts = torch.tanh(s * (1.0 / scale_bound))
-        s = ts * scale_bound
+        ts = torch.tanh(s * consts[3])
+        s = ts * consts[2]
     exp_s = torch.exp(s)
-    scaled = x2 * exp_s
-    y = put_columns(h, transformed, transformed_view, scaled + shift)
-    return y, s.sum(1), [squashed, ts, exp_s, scaled] + acts
+    y2 = torch.addcmul(shift, x2, exp_s)
+    y = merge_columns(x1, y2, kept, transformed, kept_view, transformed_view)
+    return y, s.sum(1), [squashed, ts, exp_s, x2] + acts
 
 
 def coupling_backward(
     g: Tensor, kept: Tensor, transformed: Tensor, kept_view: list[int],
     transformed_view: list[int], params: list[Tensor], grads: list[Tensor], tape: list[Tensor],
-    g_log_det: float, relu: bool,
+    g_log_det: Tensor, one: Tensor, relu: bool,
 ) -> Tensor:
-    """One affine coupling, backward: writes weight gradients, returns d loss / d input."""
-    squashed, ts, exp_s, scaled = tape[0], tape[1], tape[2], tape[3]
+    """One affine coupling, backward: writes weight gradients, returns d loss / d input.
+
+    ``g_log_det`` is d loss / d log-det (a 0-dim tensor) and ``one`` a 0-dim 1.
+    """
+    squashed, ts, exp_s, x2 = tape[0], tape[1], tape[2], tape[3]
     acts = tape[4:]
+    g1 = take_columns(g, kept, kept_view)
     g_y2 = take_columns(g, transformed, transformed_view)
-    g_s = g_y2 * scaled
-    g_s.add_(g_log_det)
+    g_x2 = g_y2 * exp_s
+    g_s = torch.addcmul(g_log_det, g_x2, x2)  # d/ds of y2 = x2 exp(s) + t, and of log-det
     if ts.numel() > 0:
-        g_s.mul_(1.0 - ts * ts)
+        g_s.mul_(torch.addcmul(one, ts, ts, value=-1.0))
     g_h = torch.cat([g_s, g_y2], dim=1)
     n = len(params) // 2
     for k in range(n - 1, -1, -1):
@@ -132,41 +171,37 @@ def coupling_backward(
             if relu:
                 g_h = torch.ops.aten.threshold_backward(g_h, acts[k], 0.0)
             else:
-                g_h.mul_(1.0 - acts[k] * acts[k])
+                g_h.mul_(torch.addcmul(one, acts[k], acts[k], value=-1.0))
     if squashed.numel() > 0:
-        g_h.mul_(1.0 - squashed * squashed)
-    g_prev = put_columns(g, transformed, transformed_view, g_y2 * exp_s)
-    if len(kept_view) == 3:
-        g_prev[:, kept_view[0]:kept_view[1]:kept_view[2]] += g_h
-        return g_prev
-    return g_prev.index_add_(1, kept, g_h)
+        g_h.mul_(torch.addcmul(one, squashed, squashed, value=-1.0))
+    return merge_columns(g1 + g_h, g_x2, kept, transformed, kept_view, transformed_view)
 
 
 def coupling_inverse(
     z: Tensor, kept: Tensor, transformed: Tensor, kept_view: list[int],
     transformed_view: list[int], params: list[Tensor], input_bound: float, scale_bound: float,
-    relu: bool, onednn: bool = False,
+    consts: list[Tensor], relu: bool, onednn: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """One affine coupling, inverse: ``x2 = (z2 - t) exp(-s)``; returns ``(x, -sum of s)``."""
     z1 = take_columns(z, kept, kept_view)
     z2 = take_columns(z, transformed, transformed_view)
     a = z1
     if input_bound > 0:
-        a = torch.tanh(z1 * (1.0 / input_bound)) * input_bound
+        a = torch.tanh(z1 * consts[1]) * consts[0]
     n = len(params) // 2
     for k in range(n - 1):
         a = _layer(a, params[2 * k], params[2 * k + 1], relu, onednn)
     s, shift = _head(a, params[2 * n - 2], params[2 * n - 1], z2.shape[1], onednn)
     if scale_bound > 0:
-        s = torch.tanh(s * (1.0 / scale_bound)) * scale_bound
+        s = torch.tanh(s * consts[3]) * consts[2]
     x2 = (z2 - shift) * torch.exp(-s)
-    return put_columns(z, transformed, transformed_view, x2), -s.sum(1)
+    return merge_columns(z1, x2, kept, transformed, kept_view, transformed_view), -s.sum(1)
 
 
 def coupling_forward_train(
     h: Tensor, kept: Tensor, transformed: Tensor, kept_view: list[int],
     transformed_view: list[int], params: list[Tensor], input_bound: float, scale_bound: float,
-    relu: bool, onednn: bool = False,
+    consts: list[Tensor], relu: bool, onednn: bool = False,
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """:func:`coupling_forward` for the training step, compiled on its own.
 
@@ -174,7 +209,7 @@ def coupling_forward_train(
     never displaces the scoring batch sizes (which matters for TorchScript's GPU fuser).
     """
     return coupling_forward(h, kept, transformed, kept_view, transformed_view, params,
-                            input_bound, scale_bound, relu, onednn)
+                            input_bound, scale_bound, consts, relu, onednn)
 
 
 class Kernels(NamedTuple):

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from realnvp.bijections._fused import FUSED_ACTIVATIONS, fused_affine
-from realnvp.bijections._kernels import kernels, put_columns, take_columns, use_onednn
+from realnvp.bijections._kernels import (
+    bound_constants,
+    kernels,
+    put_columns,
+    take_columns,
+    use_onednn,
+)
 from realnvp.bijections.base import Bijection
 from realnvp.nn import MLP
 
@@ -141,6 +148,18 @@ class AffineCoupling(Coupling):
         if scale_bound is not None and not scale_bound > 0:
             raise ValueError(f"Expected a positive scale_bound or None; got {scale_bound}")
         self.scale_bound = scale_bound
+        self._refresh_constants()
+
+    def _refresh_constants(self) -> None:
+        """The bounds as 0-dim tensors on the parameters' device and dtype, for the kernels."""
+        like = self.conditioner.flat_parameters()[-1]
+        self._consts = bound_constants(_or_zero(self.input_bound), _or_zero(self.scale_bound),
+                                       like)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> AffineCoupling:
+        super()._apply(fn, recurse)  # .to(), .double(), .cuda(): the constants follow
+        self._refresh_constants()
+        return self
 
     def _scripted(self) -> bool:
         """Plain conditioner, no context, no autograd: the TorchScript kernels apply."""
@@ -152,9 +171,9 @@ class AffineCoupling(Coupling):
         """The kernels' description of the halves: indices, and views where they exist."""
         return self.kept, self.transformed, self._kept_view, self._transformed_view
 
-    def _kernel_args(self) -> tuple[list[Tensor], float, float, bool]:
+    def _kernel_args(self) -> tuple[list[Tensor], float, float, list[Tensor], bool]:
         return (self.conditioner.flat_parameters(), _or_zero(self.input_bound),
-                _or_zero(self.scale_bound), self.activation == "relu")
+                _or_zero(self.scale_bound), self._consts, self.activation == "relu")
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self._scripted():  # scoring and sampling: one compiled call per layer

@@ -72,6 +72,29 @@ class FastStep:
         self.flow = flow
         self.layers = list(flow.bijection)
         self.dim = flow.dim
+        self._plan: list[Any] = []
+
+    def _couplings(self) -> list[Any]:
+        """Per layer, what the kernels take: ``(halves, params, grads, kernel args)``.
+
+        Gathered once (module attribute lookups cost more than a small layer's arithmetic)
+        and gathered again when a parameter's ``.grad`` tensor has been replaced.
+        """
+        if self._plan and all(p.grad is g for plan in self._plan if plan is not None
+                              for p, g in zip(plan[1], plan[2], strict=True)):
+            return self._plan
+        self._plan = []
+        for layer in self.layers:
+            if isinstance(layer, AffineCoupling):
+                params, *rest = layer._kernel_args()
+                grads = [p.grad for p in params]
+                if any(g is None for g in grads):
+                    raise RuntimeError("FastStep writes into existing .grad tensors; give every "
+                                       "parameter a .grad first")
+                self._plan.append((layer._halves(), params, grads, tuple(rest)))
+            else:
+                self._plan.append(None)
+        return self._plan
 
     def __call__(self, x: Tensor) -> Tensor:
         with torch.no_grad():
@@ -86,7 +109,8 @@ class FastStep:
         log_det = x.new_zeros(batch)
         const = 0.5 * self.dim * math.log(2 * math.pi)
         tapes: list[Any] = []
-        for layer in self.layers:
+        plan = self._couplings()
+        for layer, coupling in zip(self.layers, plan, strict=True):
             if isinstance(layer, Standardize):
                 h = (h - layer.loc) / layer.scale
                 const = const + float(layer.scale.log().sum())
@@ -95,21 +119,22 @@ class FastStep:
                 h = h.index_select(1, layer.permutation)
                 tapes.append(None)
             else:
-                h, s_sum, tape = forward(h, *layer._halves(), *layer._kernel_args(), onednn)
+                halves, params, _, args = coupling
+                h, s_sum, tape = forward(h, *halves, params, *args, onednn)
                 log_det.add_(s_sum)
                 tapes.append(tape)
         loss = 0.5 * h.square().sum(1).mean() - log_det.mean() + const
         g = h * (1.0 / batch)
-        for layer, tape in zip(reversed(self.layers), reversed(tapes), strict=True):
+        g_log_det = torch.full((), -1.0 / batch, dtype=h.dtype, device=h.device)
+        for layer, coupling, tape in zip(reversed(self.layers), reversed(plan), reversed(tapes),
+                                         strict=True):
             if isinstance(layer, Standardize):
                 break
             if isinstance(layer, Permutation):
                 g = g.index_select(1, layer.inverse_permutation)
             else:
-                params = layer.conditioner.flat_parameters()
-                grads = [p.grad for p in params]
-                g = backward(g, *layer._halves(), params, grads, tape, -1.0 / batch,
-                             layer.activation == "relu")
+                halves, params, grads, args = coupling
+                g = backward(g, *halves, params, grads, tape, g_log_det, args[2][4], args[3])
         return loss
 
 
