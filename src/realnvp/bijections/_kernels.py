@@ -13,6 +13,7 @@ outer product (``addcmul``), which is cheaper than a matrix product with one col
 
 from __future__ import annotations
 
+import threading
 import warnings
 from typing import Any, NamedTuple, Optional, Union
 
@@ -225,6 +226,7 @@ _PYTHON = Kernels(coupling_forward, coupling_backward, coupling_inverse, couplin
 
 
 _CACHE: list[Kernels] = []
+_COMPILING = threading.Lock()  # row blocks may ask for the kernels from several threads
 
 SCRIPTED_ON_ACCELERATORS = True
 """Use the TorchScript kernels for CUDA tensors too (set False to run them eagerly there).
@@ -249,11 +251,16 @@ def kernels(device: torch.device | None = None) -> Kernels:
     if device is not None and device.type != "cpu" and not SCRIPTED_ON_ACCELERATORS:
         return _PYTHON
     if not _CACHE:
-        try:
-            with warnings.catch_warnings():  # deprecated in recent torch; we fall back if gone
-                warnings.simplefilter("ignore")
-                compiled = Kernels(*(torch.jit.script(f) for f in _PYTHON))
-        except Exception:  # noqa: BLE001 - any scripting failure: run the same code in Python
-            compiled = _PYTHON
-        _CACHE.append(compiled)
+        with _COMPILING:
+            if not _CACHE:
+                _CACHE.append(_compile())
     return _CACHE[0]
+
+
+def _compile() -> Kernels:
+    try:
+        with warnings.catch_warnings():  # deprecated in recent torch; we fall back if gone
+            warnings.simplefilter("ignore")
+            return Kernels(*(torch.jit.script(f) for f in _PYTHON))
+    except Exception:  # noqa: BLE001 - any scripting failure: run the same code in Python
+        return _PYTHON

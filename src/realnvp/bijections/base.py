@@ -7,6 +7,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from realnvp.bijections._blocks import by_row_blocks, use_row_blocks
+
 __all__ = ["Bijection", "Chain", "Inverse"]
 
 
@@ -22,6 +24,9 @@ class Bijection(nn.Module):
 
     Everything else (flows, traces, inverses) is derived from these two. The simplest
     concrete example is :class:`realnvp.bijections.Standardize`.
+
+    A layer whose output rows depend on other rows of the batch (batch statistics) must
+    say so through :meth:`rowwise`: large batches may be evaluated in row blocks.
     """
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -29,6 +34,10 @@ class Bijection(nn.Module):
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
+
+    def rowwise(self) -> bool:
+        """Whether each output row depends only on the same input row, in the current mode."""
+        return True
 
 
 class Inverse(Bijection):
@@ -50,6 +59,9 @@ class Inverse(Bijection):
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.bijection.forward(z, context)
+
+    def rowwise(self) -> bool:
+        return self.bijection.rowwise()
 
 
 class Chain(Bijection):
@@ -76,6 +88,8 @@ class Chain(Bijection):
         return self.layers[i]
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if use_row_blocks(x, self.rowwise()):  # large CPU batch, no autograd: parallel blocks
+            return by_row_blocks(self.forward, x, context)
         total = x.new_zeros(x.shape[0])
         for layer in self.layers:
             x, log_det = layer(x, context)
@@ -83,11 +97,16 @@ class Chain(Bijection):
         return x, total
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        if use_row_blocks(z, self.rowwise()):
+            return by_row_blocks(self.inverse, z, context)
         total = z.new_zeros(z.shape[0])
         for layer in reversed(self.layers):
             z, log_det = layer.inverse(z, context)
             total = total + log_det
         return z, total
+
+    def rowwise(self) -> bool:
+        return all(layer.rowwise() for layer in self.layers)
 
     @torch.no_grad()
     def trace(

@@ -44,6 +44,9 @@ class ActNorm(Bijection):
         z = (x - self.loc) * torch.exp(-self.log_scale)
         return z, (-self.log_scale.sum()).expand(x.shape[0])
 
+    def rowwise(self) -> bool:
+        return not self.training or bool(self.initialized)  # else the batch initialises it
+
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x = z * torch.exp(self.log_scale) + self.loc
         return x, self.log_scale.sum().expand(z.shape[0])
@@ -85,6 +88,9 @@ class BatchNorm(Bijection):
         log_scale = self.log_gamma - 0.5 * torch.log(var + self.eps)
         z = (x - mean) * torch.exp(log_scale) + self.beta
         return z, log_scale.sum().expand(x.shape[0])
+
+    def rowwise(self) -> bool:
+        return not self.training  # training mode normalises by the batch's statistics
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         log_scale = self.log_gamma - 0.5 * torch.log(self.running_var + self.eps)
