@@ -78,10 +78,11 @@ class FastStep:
         """Per layer, what the kernels take: ``(halves, params, grads, kernel args)``.
 
         Gathered once (module attribute lookups cost more than a small layer's arithmetic)
-        and gathered again when a parameter's ``.grad`` tensor has been replaced.
+        and gathered again when the ``.grad`` tensors have been replaced (as
+        ``zero_grad(set_to_none=True)`` does; the first of each layer is checked).
         """
-        if self._plan and all(p.grad is g for plan in self._plan if plan is not None
-                              for p, g in zip(plan[1], plan[2], strict=True)):
+        if self._plan and all(plan[1][0].grad is plan[2][0]
+                              for plan in self._plan if plan is not None):
             return self._plan
         self._plan = []
         for layer in self.layers:
