@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     extra = {}
     for spec in args.set:
         key, _, value = spec.partition("=")
-        extra[key] = json.loads(value) if value[:1] in "[{" else value
+        literal = value[:1] in "[{" or value in ("true", "false")
+        extra[key] = json.loads(value) if literal else value
     base = QUICK if args.quick else Settings()
     known = {*FLOW_MODELS, *BASELINES, *custom}
     models = tuple(args.models) if args.models else base.models + tuple(custom)

@@ -130,7 +130,9 @@ class Flow(nn.Module):
         self, n: int, context: Any = None, generator: torch.Generator | None = None
     ) -> Tensor:
         """Draw ``n`` samples, shape ``(n, dim)``."""
-        return self.sample_and_log_prob(n, context, generator)[0]
+        n = _check_count(n)
+        z = self.base.sample(n, generator)
+        return self.bijection.inverse(z, self._prepare_context(context, n))[0]
 
     def sample_and_log_prob(
         self, n: int, context: Any = None, generator: torch.Generator | None = None

@@ -87,14 +87,15 @@ def merge_columns(x1: Tensor, x2: Tensor, kept: Tensor, transformed: Tensor,
 
 
 def bound_constants(input_bound: float, scale_bound: float, like: Tensor) -> list[Tensor]:
-    """``[b, 1/b, c, 1/c, 1]`` as 0-dim tensors like ``like`` (a bound <= 0 gives 1).
+    """``[b, 1/b, c, 1/c, 1, -c]`` as 0-dim tensors like ``like`` (a bound <= 0 gives 1).
 
     The kernels multiply by these instead of Python numbers: a number becomes a tensor
     (and a dtype conversion) on every scripted operation that takes it.
     """
     values = [input_bound, 1.0 / input_bound if input_bound > 0 else 1.0,
-              scale_bound, 1.0 / scale_bound if scale_bound > 0 else 1.0, 1.0]
-    return [torch.tensor(v if v > 0 else 1.0, dtype=like.dtype, device=like.device)
+              scale_bound, 1.0 / scale_bound if scale_bound > 0 else 1.0, 1.0,
+              -scale_bound if scale_bound > 0 else -1.0]
+    return [torch.tensor(v if v != 0 else 1.0, dtype=like.dtype, device=like.device)
             for v in values]
 
 
@@ -194,9 +195,11 @@ def coupling_inverse(
         a = _layer(a, params[2 * k], params[2 * k + 1], relu, onednn)
     s, shift = _head(a, params[2 * n - 2], params[2 * n - 1], z2.shape[1], onednn)
     if scale_bound > 0:
-        s = torch.tanh(s * consts[3]) * consts[2]
-    x2 = (z2 - shift) * torch.exp(-s)
-    return merge_columns(z1, x2, kept, transformed, kept_view, transformed_view), -s.sum(1)
+        neg_s = torch.tanh(s * consts[3]) * consts[5]
+    else:
+        neg_s = -s
+    x2 = (z2 - shift) * torch.exp(neg_s)
+    return merge_columns(z1, x2, kept, transformed, kept_view, transformed_view), neg_s.sum(1)
 
 
 def coupling_forward_train(
