@@ -25,3 +25,11 @@ def _float64_and_seed():
 def generator() -> torch.Generator:
     """A seeded generator for tests that draw random numbers."""
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture
+def forkable() -> None:
+    """Skip unless this process can fork now: CUDA, once started (perhaps by an earlier test
+    in the same worker), does not survive a fork."""
+    if not hasattr(os, "fork") or torch.cuda.is_initialized():
+        pytest.skip("needs os.fork, in a process that has not started CUDA")

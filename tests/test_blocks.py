@@ -76,8 +76,7 @@ def test_an_error_in_a_block_reaches_the_caller() -> None:
     assert torch.get_num_threads() == threads
 
 
-@pytest.mark.skipif(not hasattr(os, "fork") or torch.cuda.is_initialized(),
-                    reason="needs os.fork, in a process that has not started CUDA")
+@pytest.mark.usefixtures("forkable")
 def test_a_forked_child_gets_its_own_pool_of_threads() -> None:
     # (Only the pool: torch's OpenMP threads themselves cannot be used after a fork.)
     parent = _blocks._executor(1)

@@ -32,9 +32,6 @@ from realnvp.training.checkpoint import CHECKPOINT_FILE
 
 KW = {"steps": 60, "batch_size": 32, "eval_every": 5, "checkpoint_every": 5, "seed": 0,
       "progress": False}
-needs_fork = pytest.mark.skipif(
-    not hasattr(os, "fork") or torch.cuda.is_initialized(),
-    reason="needs os.fork, in a process that has not started CUDA (CUDA cannot be forked)")
 
 
 def _data() -> torch.Tensor:
@@ -252,7 +249,7 @@ def _train_in_child(folder: Path) -> int:
     return pid
 
 
-@needs_fork
+@pytest.mark.usefixtures("forkable")
 def test_sigkill_at_random_moments_always_leaves_a_run_that_loads_and_resumes_exactly(
     tmp_path: Path,
 ) -> None:

@@ -194,10 +194,7 @@ def coupling_inverse(
     for k in range(n - 1):
         a = _layer(a, params[2 * k], params[2 * k + 1], relu, onednn)
     s, shift = _head(a, params[2 * n - 2], params[2 * n - 1], z2.shape[1], onednn)
-    if scale_bound > 0:
-        neg_s = torch.tanh(s * consts[3]) * consts[5]
-    else:
-        neg_s = -s
+    neg_s = torch.tanh(s * consts[3]) * consts[5] if scale_bound > 0 else -s
     x2 = (z2 - shift) * torch.exp(neg_s)
     return merge_columns(z1, x2, kept, transformed, kept_view, transformed_view), neg_s.sum(1)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import io
 import itertools
 import operator
 import os
@@ -27,9 +28,21 @@ __all__ = [
     "save_table",
 ]
 
-# pandas < 3 parses floats with a fast converter that can miss the last digit; 3.x is exact
-# by default (and deprecates the option).
-_EXACT_FLOATS = {"float_precision": "round_trip"} if int(pd.__version__.split(".")[0]) < 3 else {}
+
+def _exact_float_option() -> dict[str, str]:
+    """``read_csv`` options that parse every float exactly, found by trying (once).
+
+    Some pandas versions parse with a fast converter that can miss the last digit (2.x, and
+    3.0 on one machine here); ``float_precision="round_trip"`` is exact there. Where the
+    default is already exact the option is left out (newer pandas deprecates it).
+    """
+    text = "x\n-0.21879166393254573\n1.3040000451301373e-300\n-7.037352358069927e+299\n"
+    expected = [float(v) for v in text.split()[1:]]
+    parsed = pd.read_csv(io.StringIO(text), engine="c")["x"].tolist()
+    return {} if parsed == expected else {"float_precision": "round_trip"}
+
+
+_EXACT_FLOATS = _exact_float_option()
 
 TEXT_SUFFIXES = (".csv", ".tsv", ".txt", ".dat")
 PARQUET_SUFFIXES = (".parquet", ".pq")
