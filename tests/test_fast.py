@@ -122,3 +122,11 @@ def test_merging_the_halves_undoes_taking_them(mask: list[int]) -> None:
     assert torch.equal(x1, x[:, kept]) and torch.equal(x2, x[:, transformed])
     merged = merge_columns(x1, x2, kept, transformed, kept_view, transformed_view)
     assert torch.equal(merged, x)
+
+
+def test_the_kernels_compile() -> None:
+    """The Python fall-back is for platforms without TorchScript, not for a kernel that no
+    longer compiles: that would only show as a slowdown."""
+    from realnvp.bijections._kernels import _compile
+
+    assert all(isinstance(f, torch.jit.ScriptFunction) for f in _compile())

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Kernels", "bound_constants", "coupling_backward", "coupling_forward",
-           "coupling_forward_train", "coupling_inverse", "kernels", "merge_columns",
-           "put_columns", "take_columns", "use_onednn"]
+__all__ = ["PERMUTE", "Kernels", "bound_constants", "chain_backward", "chain_forward_train",
+           "coupling_backward", "coupling_forward", "coupling_inverse", "kernels",
+           "merge_columns", "put_columns", "take_columns", "use_onednn"]
 
 ONEDNN_MIN_ROWS = 2048
 """Below this many rows the fused oneDNN layer costs more to set up than it saves."""
@@ -199,30 +199,67 @@ def coupling_inverse(
     return merge_columns(z1, x2, kept, transformed, kept_view, transformed_view), neg_s.sum(1)
 
 
-def coupling_forward_train(
-    h: Tensor, kept: Tensor, transformed: Tensor, kept_view: list[int],
-    transformed_view: list[int], params: list[Tensor], input_bound: float, scale_bound: float,
-    consts: list[Tensor], relu: bool, onednn: bool = False,
-) -> tuple[Tensor, Tensor, list[Tensor]]:
-    """:func:`coupling_forward` for the training step, compiled on its own.
+PERMUTE = 1
+"""Layer kind in the training chains: a permutation (``kept`` holds its index, ``transformed``
+the inverse's); any other kind is an affine coupling."""
 
-    Each compiled function keeps its own shape specialisations, so the training batch size
-    never displaces the scoring batch sizes (which matters for TorchScript's GPU fuser).
+
+def chain_forward_train(
+    h: Tensor, kinds: list[int], kept: list[Tensor], transformed: list[Tensor],
+    kept_views: list[list[int]], transformed_views: list[list[int]], params: list[list[Tensor]],
+    input_bounds: list[float], scale_bounds: list[float], consts: list[list[Tensor]],
+    relus: list[bool], onednn: bool,
+) -> tuple[Tensor, Tensor, list[list[Tensor]]]:
+    """A stack of affine couplings and permutations, forward, for the training step.
+
+    One compiled call for the whole stack (a call into TorchScript costs about as much as a
+    few small operations); per layer, the arguments of :func:`coupling_forward`. Returns
+    ``(z, log-det, tapes)``. Compiled on its own, so the training batch shape never displaces
+    the scoring shapes of the per-layer kernels (TorchScript's GPU specialisation).
     """
-    return coupling_forward(h, kept, transformed, kept_view, transformed_view, params,
-                            input_bound, scale_bound, consts, relu, onednn)
+    log_det = h.new_zeros(h.shape[0])
+    tapes: list[list[Tensor]] = []
+    for i in range(len(kinds)):
+        if kinds[i] == 1:  # PERMUTE (TorchScript reads no global constants)
+            h = h.index_select(1, kept[i])
+            tapes.append(torch.jit.annotate(list[Tensor], []))
+        else:
+            h, s_sum, tape = coupling_forward(h, kept[i], transformed[i], kept_views[i],
+                                              transformed_views[i], params[i], input_bounds[i],
+                                              scale_bounds[i], consts[i], relus[i], onednn)
+            log_det.add_(s_sum)
+            tapes.append(tape)
+    return h, log_det, tapes
+
+
+def chain_backward(
+    g: Tensor, kinds: list[int], kept: list[Tensor], transformed: list[Tensor],
+    kept_views: list[list[int]], transformed_views: list[list[int]], params: list[list[Tensor]],
+    grads: list[list[Tensor]], tapes: list[list[Tensor]], g_log_det: Tensor,
+    consts: list[list[Tensor]], relus: list[bool],
+) -> Tensor:
+    """The backward pass of :func:`chain_forward_train`: writes every layer's weight
+    gradients and returns d loss / d input."""
+    for i in range(len(kinds) - 1, -1, -1):
+        if kinds[i] == 1:  # PERMUTE (TorchScript reads no global constants)
+            g = g.index_select(1, transformed[i])
+        else:
+            g = coupling_backward(g, kept[i], transformed[i], kept_views[i], transformed_views[i],
+                                  params[i], grads[i], tapes[i], g_log_det, consts[i][4],
+                                  relus[i])
+    return g
 
 
 class Kernels(NamedTuple):
     """The compiled (or Python) coupling kernels."""
 
     forward: Any
-    backward: Any
     inverse: Any
     train_forward: Any
+    train_backward: Any
 
 
-_PYTHON = Kernels(coupling_forward, coupling_backward, coupling_inverse, coupling_forward_train)
+_PYTHON = Kernels(coupling_forward, coupling_inverse, chain_forward_train, chain_backward)
 
 
 _CACHE: list[Kernels] = []
@@ -246,7 +283,7 @@ def kernels(device: torch.device | None = None) -> Kernels:
     Example:
         >>> k = kernels()
         >>> sorted(k._fields)
-        ['backward', 'forward', 'inverse', 'train_forward']
+        ['forward', 'inverse', 'train_backward', 'train_forward']
     """
     if device is not None and device.type != "cpu" and not SCRIPTED_ON_ACCELERATORS:
         return _PYTHON

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from realnvp.bijections import AffineCoupling, Permutation, Standardize
 from realnvp.bijections._fused import FUSED_ACTIVATIONS
-from realnvp.bijections._kernels import kernels, use_onednn
+from realnvp.bijections._kernels import PERMUTE, kernels, use_onednn
 from realnvp.distributions import DiagonalNormal, StandardNormal
 from realnvp.flow import Flow
 
@@ -72,30 +72,35 @@ class FastStep:
         self.flow = flow
         self.layers = list(flow.bijection)
         self.dim = flow.dim
-        self._plan: list[Any] = []
+        self._chain: _Chain | None = None
 
-    def _couplings(self) -> list[Any]:
-        """Per layer, what the kernels take: ``(halves, params, grads, kernel args)``.
+    def _stack(self) -> _Chain:
+        """The layers after the standardisation, as the chain kernels take them.
 
         Gathered once (module attribute lookups cost more than a small layer's arithmetic)
         and gathered again when the ``.grad`` tensors have been replaced (as
         ``zero_grad(set_to_none=True)`` does; the first of each layer is checked).
         """
-        if self._plan and all(plan[1][0].grad is plan[2][0]
-                              for plan in self._plan if plan is not None):
-            return self._plan
-        self._plan = []
+        chain = self._chain
+        if chain is not None and all(p[0].grad is g[0] for p, g in zip(chain.params, chain.grads,
+                                                                         strict=True) if p):
+            return chain
+        chain = _Chain()
         for layer in self.layers:
-            if isinstance(layer, AffineCoupling):
-                params, *rest = layer._kernel_args()
-                grads = [p.grad for p in params]
-                if any(g is None for g in grads):
-                    raise RuntimeError("FastStep writes into existing .grad tensors; give every "
-                                       "parameter a .grad first")
-                self._plan.append((layer._halves(), params, grads, tuple(rest)))
-            else:
-                self._plan.append(None)
-        return self._plan
+            if isinstance(layer, Standardize):
+                continue
+            if isinstance(layer, Permutation):
+                chain.add(PERMUTE, (layer.permutation, layer.inverse_permutation, [], []), [], [],
+                          (0.0, 0.0, [], False))
+                continue
+            params, input_bound, scale_bound, consts, relu = layer._kernel_args()
+            grads = [p.grad for p in params]
+            if any(g is None for g in grads):
+                raise RuntimeError("FastStep writes into existing .grad tensors; give every "
+                                   "parameter a .grad first")
+            chain.add(0, layer._halves(), params, grads, (input_bound, scale_bound, consts, relu))
+        self._chain = chain
+        return chain
 
     def __call__(self, x: Tensor) -> Tensor:
         with torch.no_grad():
@@ -103,39 +108,48 @@ class FastStep:
 
     def _step(self, x: Tensor) -> Tensor:
         k = kernels(x.device)
-        forward, backward = k.train_forward, k.backward
         batch = x.shape[0]
-        onednn = use_onednn(x)
         h = x
-        log_det = x.new_zeros(batch)
         const = 0.5 * self.dim * math.log(2 * math.pi)
-        tapes: list[Any] = []
-        plan = self._couplings()
-        for layer, coupling in zip(self.layers, plan, strict=True):
-            if isinstance(layer, Standardize):
-                h = (h - layer.loc) / layer.scale
-                const = const + float(layer.scale.log().sum())
-                tapes.append(None)
-            elif isinstance(layer, Permutation):
-                h = h.index_select(1, layer.permutation)
-                tapes.append(None)
-            else:
-                halves, params, _, args = coupling
-                h, s_sum, tape = forward(h, *halves, params, *args, onednn)
-                log_det.add_(s_sum)
-                tapes.append(tape)
+        first = self.layers[0]
+        if isinstance(first, Standardize):
+            h = (h - first.loc) / first.scale
+            const = const + float(first.scale.log().sum())
+        c = self._stack()
+        halves = (c.kinds, c.kept, c.transformed, c.kept_views, c.transformed_views)
+        h, log_det, tapes = k.train_forward(h, *halves, c.params, c.input_bounds,
+                                            c.scale_bounds, c.consts, c.relus, use_onednn(x))
         loss = 0.5 * h.square().sum(1).mean() - log_det.mean() + const
-        g = h * (1.0 / batch)
         g_log_det = torch.full((), -1.0 / batch, dtype=h.dtype, device=h.device)
-        for layer, coupling, tape in zip(reversed(self.layers), reversed(plan), reversed(tapes),
-                                         strict=True):
-            if isinstance(layer, Standardize):
-                break
-            if isinstance(layer, Permutation):
-                g = g.index_select(1, layer.inverse_permutation)
-            else:
-                halves, params, grads, args = coupling
-                g = backward(g, *halves, params, grads, tape, g_log_det, args[2][4], args[3])
+        k.train_backward(h * (1.0 / batch), *halves, c.params, c.grads, tapes, g_log_det,
+                         c.consts, c.relus)
         return loss
 
 
+class _Chain:
+    """Per-layer arguments of the chain kernels, as parallel lists."""
+
+    def __init__(self) -> None:
+        self.kinds: list[int] = []
+        self.kept: list[Tensor] = []
+        self.transformed: list[Tensor] = []
+        self.kept_views: list[list[int]] = []
+        self.transformed_views: list[list[int]] = []
+        self.params: list[list[Tensor]] = []
+        self.grads: list[list[Tensor]] = []
+        self.input_bounds: list[float] = []
+        self.scale_bounds: list[float] = []
+        self.consts: list[list[Tensor]] = []
+        self.relus: list[bool] = []
+
+    def add(self, kind: int, halves: tuple[Any, Any, list[int], list[int]],
+            params: list[Tensor], grads: list[Tensor], args: tuple[Any, Any, Any, Any]) -> None:
+        self.kinds.append(kind)
+        for name, value in zip(("kept", "transformed", "kept_views", "transformed_views"),
+                               halves, strict=True):
+            getattr(self, name).append(value)
+        self.params.append(params)
+        self.grads.append(grads)
+        for name, value in zip(("input_bounds", "scale_bounds", "consts", "relus"), args,
+                               strict=True):
+            getattr(self, name).append(value)
