@@ -136,7 +136,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"layers": 8, "hidden": (64, 64), "steps": 1500, "batch_size": 512, "lr": 3e-3,
              "scale_bound": 3.0, "clip_grad": 10.0, "n_train": 20000},
     # 24 narrow couplings (32-32), log-scales bounded by 2, gradient norm clipped at 3, 3000
-    # steps: ~43 s of training, ~54 s for the whole job on 2 cores; moons KL gap 0.006,
+    # steps: ~35 s of training, ~45 s for the whole job on 2 cores; moons KL gap 0.006,
     # 8gaussians 0.031-0.032 over 3 seeds. Depth is what 8gaussians needs: 8 x 64-64 gave
     # 0.067, 16 gave 0.041, 20 x 32-32 0.034-0.043; the tighter bound and clipping took it
     # from 0.031-0.037 to 0.031-0.032 at 3000 steps (benchmarks/README.md).
