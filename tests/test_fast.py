@@ -130,3 +130,25 @@ def test_the_kernels_compile() -> None:
     from realnvp.bijections._kernels import _compile
 
     assert all(isinstance(f, torch.jit.ScriptFunction) for f in _compile())
+
+
+def test_kernels_follow_changed_bounds_and_dtypes() -> None:
+    flow = randomize(realnvp.RealNVP(dim=3, n_layers=4, hidden=(8,)), std=0.3).float()
+    x = torch.randn(50, 3, dtype=torch.float32)
+    step = None
+    for change in ("scale_bound", "double"):
+        if change == "scale_bound":
+            for layer in flow.bijection:
+                if hasattr(layer, "scale_bound"):
+                    layer.scale_bound = 0.5
+        else:
+            flow.double()
+            x = x.double()
+        expected = flow.log_prob(x)  # autograd's path reads the bound and dtype directly
+        with torch.no_grad():  # the kernels' path
+            torch.testing.assert_close(flow.log_prob(x), expected.detach())
+        if step is None:  # built, with its gradients, before the changes: must notice them
+            for p in flow.parameters():
+                p.grad = torch.zeros_like(p)
+            step = fast_step_for(flow)
+        torch.testing.assert_close(step(x), -expected.detach().mean())

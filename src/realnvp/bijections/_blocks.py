@@ -3,11 +3,15 @@
 Scoring and sampling through a chain of small layers is limited by memory traffic and by
 the serial parts of each operation, not by arithmetic: split over the CPU threads *within*
 each operation, 8192 rows ran only 1.2-1.4x faster on two threads than on one here. Whole
-row blocks, each carried through every layer on its own thread (the kernels release the
-GIL), keep their working set in cache and both cores busy (``benchmarks/README.md``).
+row blocks, each carried through every layer by one worker thread that runs one operation
+at a time (the kernels release the GIL), keep their working set in cache and every core
+busy (``benchmarks/README.md``).
 
-Only without autograd, only on the CPU, only for chains whose layers all treat rows
-independently at the moment (:meth:`Bijection.rowwise`), and never nested.
+Only without autograd or autocast, only on the CPU, only for chains whose layers all treat
+rows independently at the moment (:meth:`Bijection.rowwise`), and never nested. The
+calling thread's settings are never changed: the workers are threads of this module's
+own pool, each set to one intra-op thread once, when the pool starts. Forward hooks of the
+layers run once per block, on the worker threads.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import torch
 from torch import Tensor
@@ -26,27 +30,62 @@ BLOCK_ROWS = 4096
 """Rows per block, about: a block's activations (64 wide) stay in the core's cache."""
 
 _local = threading.local()
-_pool: list[tuple[int, ThreadPoolExecutor]] = []
-_pool_lock = threading.Lock()
+_pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}
+_pools_lock = threading.Lock()
 
 
-def use_row_blocks(x: Tensor, rowwise: bool) -> bool:
-    """Whether to evaluate ``x`` in row blocks (at least two blocks' worth of rows)."""
-    return (rowwise and x.device.type == "cpu" and x.shape[0] >= 2 * BLOCK_ROWS
-            and not torch.is_grad_enabled() and not getattr(_local, "inside", False))
+def _reset_after_fork() -> None:  # the parent's threads, and any lock they held, are gone
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
+def use_row_blocks(x: Tensor, rowwise: Callable[[], bool]) -> bool:
+    """Whether to evaluate ``x`` in row blocks (at least two blocks' worth of rows).
+
+    ``rowwise`` is asked last: the cheap conditions decide most calls.
+    """
+    return (x.device.type == "cpu" and x.shape[0] >= 2 * BLOCK_ROWS
+            and not torch.is_grad_enabled() and not getattr(_local, "inside", False)
+            and not _autocast() and rowwise())
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
-    """A process-wide pool of at least ``workers`` threads (a fresh one after a fork)."""
-    with _pool_lock:
-        pid = os.getpid()
-        if _pool and (_pool[0][0] != pid or _pool[0][1]._max_workers < workers):
-            stale = _pool.pop()
-            if stale[0] == pid:
-                stale[1].shutdown(wait=False)
-        if not _pool:
-            _pool.append((pid, ThreadPoolExecutor(workers, thread_name_prefix="realnvp-rows")))
-        return _pool[0][1]
+    """This process's pool of at least ``workers`` single-threaded workers.
+
+    Setting a worker to one thread also sets torch's default for threads started later, so
+    the default is put back once every worker has started.
+    """
+    with _pools_lock:
+        entry = _pools.get("rows")
+        if entry is not None and entry[0] >= workers:
+            return entry[1]
+        default = torch.get_num_threads()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="realnvp-rows",
+                                  initializer=_one_thread)
+        barrier = threading.Barrier(workers)
+        for future in [pool.submit(barrier.wait) for _ in range(workers)]:
+            future.result()  # every worker has started and set itself to one thread
+        torch.set_num_threads(default)
+        _pools["rows"] = (workers, pool)
+        if entry is not None:
+            entry[1].shutdown(wait=False)  # work already queued there still runs
+        return pool
 
 
 def by_row_blocks(
@@ -55,33 +94,34 @@ def by_row_blocks(
 ) -> tuple[Tensor, Tensor]:
     """``fn(x, context)`` computed on blocks of about :data:`BLOCK_ROWS` rows, concatenated.
 
-    The blocks are shared round-robin among ``torch.get_num_threads()`` threads (the
-    calling one included), each running one operation at a time on one core, under the
-    caller's grad mode (inference or no-grad).
+    With ``torch.get_num_threads()`` at 1 the blocks run in turn on the calling thread;
+    otherwise that many single-threaded workers share them, under the caller's grad mode
+    (inference or no-grad), and the caller waits for all of them (the first error is
+    raised once every block has finished).
     """
     n_blocks = max(2, round(x.shape[0] / BLOCK_ROWS))
     xs = x.tensor_split(n_blocks)
     contexts = context.tensor_split(n_blocks) if context is not None else [None] * n_blocks
-    threads = torch.get_num_threads()
-    workers = min(threads, n_blocks)
+    workers = min(torch.get_num_threads(), n_blocks)
     inference = torch.is_inference_mode_enabled()
     results: list[tuple[Tensor, Tensor]] = [None] * n_blocks  # type: ignore[list-item]
 
     def work(first: int) -> None:
+        outer = getattr(_local, "inside", False)
         _local.inside = True
-        torch.set_num_threads(1)  # this thread's operations; the caller's is restored below
         try:
             with torch.inference_mode() if inference else torch.no_grad():
                 for i in range(first, n_blocks, workers):
                     results[i] = fn(xs[i], contexts[i])
         finally:
-            _local.inside = False
+            _local.inside = outer
 
-    try:
-        pending = [_executor(workers - 1).submit(work, w) for w in range(1, workers)]
+    if workers == 1:
         work(0)
-        for future in pending:
+    else:
+        pool = _executor(workers)
+        futures = [pool.submit(work, w) for w in range(workers)]
+        wait(futures)  # every block finishes before anything is raised
+        for future in futures:
             future.result()
-    finally:
-        torch.set_num_threads(threads)
     return torch.cat([r[0] for r in results]), torch.cat([r[1] for r in results])

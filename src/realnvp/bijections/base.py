@@ -88,7 +88,7 @@ class Chain(Bijection):
         return self.layers[i]
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if use_row_blocks(x, self.rowwise()):  # large CPU batch, no autograd: parallel blocks
+        if use_row_blocks(x, self.rowwise):  # large CPU batch, no autograd: parallel blocks
             return by_row_blocks(self.forward, x, context)
         total = x.new_zeros(x.shape[0])
         for layer in self.layers:
@@ -97,7 +97,7 @@ class Chain(Bijection):
         return x, total
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if use_row_blocks(z, self.rowwise()):
+        if use_row_blocks(z, self.rowwise):
             return by_row_blocks(self.inverse, z, context)
         total = z.new_zeros(z.shape[0])
         for layer in reversed(self.layers):

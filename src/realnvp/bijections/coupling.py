@@ -148,18 +148,16 @@ class AffineCoupling(Coupling):
         if scale_bound is not None and not scale_bound > 0:
             raise ValueError(f"Expected a positive scale_bound or None; got {scale_bound}")
         self.scale_bound = scale_bound
-        self._refresh_constants()
+        self._consts: tuple[Any, list[Tensor]] = (None, [])
 
-    def _refresh_constants(self) -> None:
-        """The bounds as 0-dim tensors on the parameters' device and dtype, for the kernels."""
-        like = self.conditioner.flat_parameters()[-1]
-        self._consts = bound_constants(_or_zero(self.input_bound), _or_zero(self.scale_bound),
-                                       like)
-
-    def _apply(self, fn: Any, recurse: bool = True) -> AffineCoupling:
-        super()._apply(fn, recurse)  # .to(), .double(), .cuda(): the constants follow
-        self._refresh_constants()
-        return self
+    def _constants(self, like: Tensor) -> list[Tensor]:
+        """The bounds as 0-dim tensors like the parameters, for the kernels; made again
+        whenever a bound, the dtype or the device has changed since."""
+        key = (self.input_bound, self.scale_bound, like.dtype, like.device)
+        if self._consts[0] != key:
+            self._consts = (key, bound_constants(_or_zero(self.input_bound),
+                                                 _or_zero(self.scale_bound), like))
+        return self._consts[1]
 
     def _scripted(self) -> bool:
         """Plain conditioner, no context, no autograd: the TorchScript kernels apply."""
@@ -172,8 +170,9 @@ class AffineCoupling(Coupling):
         return self.kept, self.transformed, self._kept_view, self._transformed_view
 
     def _kernel_args(self) -> tuple[list[Tensor], float, float, list[Tensor], bool]:
-        return (self.conditioner.flat_parameters(), _or_zero(self.input_bound),
-                _or_zero(self.scale_bound), self._consts, self.activation == "relu")
+        params = self.conditioner.flat_parameters()
+        return (params, _or_zero(self.input_bound), _or_zero(self.scale_bound),
+                self._constants(params[-1]), self.activation == "relu")
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self._scripted():  # scoring and sampling: one compiled call per layer
