@@ -31,14 +31,13 @@ BLOCK_ROWS = 4096
 """Rows per block, about: a block's activations (64 wide) stay in the core's cache."""
 
 _local = threading.local()
-_pools: dict[str, tuple[int, ThreadPoolExecutor]] = {}
-_pools_lock = threading.Lock()
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
 
 
 def _reset_after_fork() -> None:  # the parent's threads, and any lock they held, are gone
-    global _pools_lock
-    _pools.clear()
-    _pools_lock = threading.Lock()
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -72,10 +71,11 @@ def _executor(workers: int) -> ThreadPoolExecutor:
     Setting a worker to one thread also sets torch's default for threads started later, so
     the default is put back once every worker has started.
     """
-    with _pools_lock:
-        entry = _pools.get("rows")
-        if entry is not None and entry[0] >= workers:
-            return entry[1]
+    global _pool
+    with _pool_lock:
+        old = _pool
+        if old is not None and old[0] >= workers:
+            return old[1]
         default = torch.get_num_threads()
         pool = ThreadPoolExecutor(workers, thread_name_prefix="realnvp-rows",
                                   initializer=_one_thread)
@@ -83,9 +83,9 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         for future in [pool.submit(barrier.wait) for _ in range(workers)]:
             future.result()  # every worker has started and set itself to one thread
         torch.set_num_threads(default)
-        _pools["rows"] = (workers, pool)
-        if entry is not None:
-            entry[1].shutdown(wait=False)  # work already queued there still runs
+        _pool = (workers, pool)
+        if old is not None:
+            old[1].shutdown(wait=False)  # work already queued there still runs
         return pool
 
 
@@ -103,7 +103,8 @@ def by_row_blocks(
     n_blocks = max(2, round(x.shape[0] / BLOCK_ROWS))
     xs = x.tensor_split(n_blocks)
     contexts = context.tensor_split(n_blocks) if context is not None else [None] * n_blocks
-    workers = min(torch.get_num_threads(), n_blocks)
+    threads = torch.get_num_threads()
+    workers = min(threads, n_blocks)
     inference = torch.is_inference_mode_enabled()
     results: list[tuple[Tensor, Tensor]] = [None] * n_blocks  # type: ignore[list-item]
 
@@ -122,7 +123,6 @@ def by_row_blocks(
         return _concatenated(results)
     pool = _executor(workers - 1)
     futures = [pool.submit(work, w) for w in range(1, workers)]
-    threads = torch.get_num_threads()
     # The calling thread takes its share too, one operation at a time (measured: 20% faster
     # scoring than leaving it idle, its heap being the warm one). torch's setting is
     # process-wide, so it is put back once every block has finished, error or not; a

@@ -23,7 +23,7 @@ from torch import Tensor
 
 __all__ = ["PERMUTE", "Kernels", "bound_constants", "chain_backward", "chain_forward_train",
            "coupling_backward", "coupling_forward", "coupling_inverse", "kernels",
-           "merge_columns", "put_columns", "take_columns", "use_onednn"]
+           "merge_columns", "take_columns", "use_onednn"]
 
 ONEDNN_MIN_ROWS = 2048
 """Below this many rows the fused oneDNN layer costs more to set up than it saves."""
@@ -54,15 +54,6 @@ def take_columns(h: Tensor, index: Tensor, view: list[int]) -> Tensor:
     if len(view) == 3:
         return torch.ops.aten.slice(h, 1, view[0], view[1], view[2])
     return h.index_select(1, index)
-
-
-def put_columns(h: Tensor, index: Tensor, view: list[int], values: Tensor) -> Tensor:
-    """A copy of ``h`` with columns ``index`` (see :func:`take_columns`) replaced by ``values``."""
-    if len(view) == 3:
-        out = h.clone()
-        torch.ops.aten.slice(out, 1, view[0], view[1], view[2]).copy_(values)
-        return out
-    return h.index_copy(1, index, values)
 
 
 def merge_columns(x1: Tensor, x2: Tensor, kept: Tensor, transformed: Tensor,

@@ -12,7 +12,7 @@ from realnvp.bijections._fused import FUSED_ACTIVATIONS, fused_affine
 from realnvp.bijections._kernels import (
     bound_constants,
     kernels,
-    put_columns,
+    merge_columns,
     take_columns,
     use_onednn,
 )
@@ -75,9 +75,10 @@ class Coupling(Bijection):
         return (take_columns(x, self.kept, self._kept_view),
                 take_columns(x, self.transformed, self._transformed_view))
 
-    def _merge(self, x: Tensor, values: Tensor) -> Tensor:
-        """``x`` with its transformed half replaced by ``values``."""
-        return put_columns(x, self.transformed, self._transformed_view, values)
+    def _merge(self, x1: Tensor, x2: Tensor) -> Tensor:
+        """Full rows from the kept half ``x1`` and the transformed half ``x2``."""
+        return merge_columns(x1, x2, self.kept, self.transformed, self._kept_view,
+                             self._transformed_view)
 
     def _conditioner_input(self, x1: Tensor, context: Tensor | None) -> Tensor:
         """``b tanh(x1 / b)``, then the context appended (the context is never bounded)."""
@@ -97,12 +98,12 @@ class Coupling(Bijection):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x1, x2 = self._split(x)
         y2, log_det = self._forward_transformed(x1, x2, context)
-        return self._merge(x, y2), log_det
+        return self._merge(x1, y2), log_det
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z1, z2 = self._split(z)
         x2, log_det = self._untransform(z2, self._params(z1, context))
-        return self._merge(z, x2), log_det
+        return self._merge(z1, x2), log_det
 
     def _forward_transformed(
         self, x1: Tensor, x2: Tensor, context: Tensor | None
@@ -150,10 +151,14 @@ class AffineCoupling(Coupling):
         self.scale_bound = scale_bound
         self._consts: tuple[Any, list[Tensor]] = (None, [])
 
+    def _constants_key(self, like: Tensor) -> tuple[Any, ...]:
+        """What :meth:`_constants` depend on: the bounds, and the parameters' dtype and device."""
+        return (self.input_bound, self.scale_bound, like.dtype, like.device)
+
     def _constants(self, like: Tensor) -> list[Tensor]:
         """The bounds as 0-dim tensors like the parameters, for the kernels; made again
         whenever a bound, the dtype or the device has changed since."""
-        key = (self.input_bound, self.scale_bound, like.dtype, like.device)
+        key = self._constants_key(like)
         if self._consts[0] != key:
             self._consts = (key, bound_constants(_or_zero(self.input_bound),
                                                  _or_zero(self.scale_bound), like))

@@ -82,7 +82,7 @@ class FastStep:
         ``zero_grad(set_to_none=True)`` does), or a bound, dtype or device has changed.
         """
         chain = self._chain
-        if chain is not None and chain.valid(self.layers):
+        if chain is not None and chain.valid():
             return chain
         chain = _Chain()
         for layer in self.layers:
@@ -98,7 +98,7 @@ class FastStep:
                 raise RuntimeError("FastStep writes into existing .grad tensors; give every "
                                    "parameter a .grad first")
             chain.add(0, layer._halves(), params, grads, (input_bound, scale_bound, consts, relu))
-            chain.keys.append(layer._consts[0])
+            chain.checks.append((layer, layer._constants_key(params[-1]), params, grads))
         self._chain = chain
         return chain
 
@@ -141,20 +141,14 @@ class _Chain:
         self.scale_bounds: list[float] = []
         self.consts: list[list[Tensor]] = []
         self.relus: list[bool] = []
-        self.keys: list[Any] = []  # each coupling's (bounds, dtype, device) when gathered
+        # Per coupling: (layer, what its constants depend on, params, grads) when gathered.
+        self.checks: list[tuple[Any, tuple[Any, ...], list[Tensor], list[Tensor]]] = []
 
-    def valid(self, layers: list[Any]) -> bool:
-        """Whether the gathered arguments still describe ``layers``."""
-        couplings = [layer for layer in layers if isinstance(layer, AffineCoupling)]
-        for layer, key, params, grads in zip(couplings, self.keys,
-                                             (p for p in self.params if p),
-                                             (g for g in self.grads if g), strict=True):
-            like = params[-1]
-            if (layer._consts[0] != key or key[2:] != (like.dtype, like.device)
-                    or key[:2] != (layer.input_bound, layer.scale_bound)
-                    or any(p.grad is not g for p, g in zip(params, grads, strict=True))):
-                return False
-        return True
+    def valid(self) -> bool:
+        """Whether the gathered arguments still describe the layers."""
+        return all(layer._constants_key(params[-1]) == key
+                   and all(p.grad is g for p, g in zip(params, grads, strict=True))
+                   for layer, key, params, grads in self.checks)
 
     def add(self, kind: int, halves: tuple[Any, Any, list[int], list[int]],
             params: list[Tensor], grads: list[Tensor], args: tuple[Any, Any, Any, Any]) -> None:
