@@ -152,3 +152,36 @@ def test_kernels_follow_changed_bounds_and_dtypes() -> None:
                 p.grad = torch.zeros_like(p)
             step = fast_step_for(flow)
         torch.testing.assert_close(step(x), -expected.detach().mean())
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_batches_split_between_threads_give_autograd_s_step(
+    threads: int, kernels: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Large CPU batches are split into one part per thread, the parts' gradients summed."""
+    from realnvp.training import fast
+
+    monkeypatch.setattr(fast, "SPLIT_ROWS", 16)  # 101 rows: 2 or 3 parts
+    parts: list[int] = []
+    real = fast.on_threads
+    monkeypatch.setattr(fast, "on_threads", lambda tasks: parts.append(len(tasks)) or real(tasks))
+    flow = randomize(realnvp.RealNVP(dim=3, n_layers=4, hidden=(16, 16)), std=0.3).train()
+    x = torch.randn(101, 3) * 2
+    loss_ref = -flow.log_prob(x).mean()
+    grads_ref = torch.autograd.grad(loss_ref, list(flow.parameters()))
+    for p in flow.parameters():
+        p.grad = torch.full_like(p, float("nan"))  # every entry must be written
+    step = fast_step_for(flow)
+    assert step is not None
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(2):  # the second step reuses the other parts' gradient buffers
+            loss = step(x)
+            assert torch.get_num_threads() == threads
+            assert torch.allclose(loss, loss_ref, atol=1e-12, rtol=0)
+            for (pname, p), ref in zip(flow.named_parameters(), grads_ref, strict=True):
+                assert torch.allclose(p.grad, ref, atol=1e-11, rtol=1e-9), pname
+    finally:
+        torch.set_num_threads(before)
+    assert parts == [threads, threads]

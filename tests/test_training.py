@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import realnvp
@@ -39,3 +40,21 @@ def test_fit_restores_the_thread_count() -> None:
     realnvp.fit(realnvp.RealNVP(dim=2, n_layers=1, hidden=(4,)), torch.randn(100, 2), steps=3,
                 progress=False)
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize(("batch", "fast", "threads"), [
+    (512, True, 1), (1024, True, 2), (1024, False, 1), (4096, False, 2), (4096, True, 2),
+])
+def test_small_batches_train_on_one_thread_unless_split_into_row_parts(
+    batch: int, fast: bool, threads: int
+) -> None:
+    from realnvp.training.fit import single_thread_for
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with single_thread_for(batch, torch.device("cpu"), fast):
+            seen = torch.get_num_threads()
+        assert seen == threads and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

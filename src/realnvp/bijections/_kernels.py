@@ -162,7 +162,8 @@ def coupling_backward(
         g_h = g_h.mm(params[2 * k])
         if k > 0:
             if relu:
-                g_h = torch.ops.aten.threshold_backward(g_h, acts[k], 0.0)
+                # In place: g_h is this layer's own fresh product.
+                g_h = torch.ops.aten.threshold_backward(g_h, acts[k], 0.0, grad_input=g_h)
             else:
                 g_h.mul_(torch.addcmul(one, acts[k], acts[k], value=-1.0))
     if squashed.numel() > 0:

@@ -27,12 +27,13 @@ import torch
 from torch import Tensor
 
 from realnvp.bijections import AffineCoupling, Permutation, Standardize
+from realnvp.bijections._blocks import on_threads
 from realnvp.bijections._fused import FUSED_ACTIVATIONS
 from realnvp.bijections._kernels import PERMUTE, kernels, use_onednn
 from realnvp.distributions import DiagonalNormal, StandardNormal
 from realnvp.flow import Flow
 
-__all__ = ["FastStep", "fast_step_for"]
+__all__ = ["SPLIT_ROWS", "FastStep", "fast_step_for", "split_rows"]
 
 
 def fast_step_for(flow: Flow) -> FastStep | None:
@@ -116,14 +117,59 @@ class FastStep:
             h = (h - first.loc) / first.scale
             const = const + float(first.scale.log().sum())
         c = self._stack()
-        halves = (c.kinds, c.kept, c.transformed, c.kept_views, c.transformed_views)
-        h, log_det, tapes = k.train_forward(h, *halves, c.params, c.input_bounds,
-                                            c.scale_bounds, c.consts, c.relus, use_onednn(x))
-        loss = 0.5 * h.square().sum(1).mean() - log_det.mean() + const
-        g_log_det = torch.full((), -1.0 / batch, dtype=h.dtype, device=h.device)
-        k.train_backward(h * (1.0 / batch), *halves, c.params, c.grads, tapes, g_log_det,
-                         c.consts, c.relus)
-        return loss
+        parts = _parts(x)
+        if parts == 1:
+            return self._part(k, c, h, c.grads, batch) / batch + const
+        xs = h.tensor_split(parts)
+        spares = c.spare_grads(parts - 1)
+        grads = [c.grads, *spares]
+        sums = on_threads([lambda i=i: self._part(k, c, xs[i], grads[i], batch)
+                           for i in range(parts)])
+        flat = [g for layer in c.grads for g in layer]
+        for spare in spares:
+            torch._foreach_add_(flat, [g for layer in spare for g in layer])
+        return sum(sums) / batch + const
+
+    @staticmethod
+    def _part(k: Any, c: _Chain, h: Tensor, grads: list[list[Tensor]], batch: int) -> Tensor:
+        """Forward and backward of rows ``h`` of a batch of ``batch``; writes their share of
+        the gradient into ``grads`` and returns their summed loss (less the constant)."""
+        with torch.no_grad():
+            halves = (c.kinds, c.kept, c.transformed, c.kept_views, c.transformed_views)
+            z, log_det, tapes = k.train_forward(h, *halves, c.params, c.input_bounds,
+                                                c.scale_bounds, c.consts, c.relus,
+                                                use_onednn(h))
+            total = 0.5 * z.square().sum() - log_det.sum()
+            g_log_det = torch.full((), -1.0 / batch, dtype=z.dtype, device=z.device)
+            k.train_backward(z * (1.0 / batch), *halves, c.params, grads, tapes, g_log_det,
+                             c.consts, c.relus)
+        return total
+
+
+SPLIT_ROWS = 512
+"""Rows per part, at least, when a CPU training batch is split between threads."""
+
+
+def split_rows(batch_size: int, device: torch.device) -> bool:
+    """Whether a training batch of ``batch_size`` rows on ``device`` is split into row parts
+    (given more than one thread): on the CPU, from twice :data:`SPLIT_ROWS` rows."""
+    return device.type == "cpu" and batch_size >= 2 * SPLIT_ROWS
+
+
+def _parts(x: Tensor) -> int:
+    """How many row parts a training batch is split into: one per CPU thread, each of at
+    least :data:`SPLIT_ROWS` rows (1 on accelerators and for smaller batches).
+
+    Each part runs forward and backward on its own single-threaded worker and the weight
+    gradients are summed: at these sizes an operation split over threads waits on its
+    slowest thread, dozens of times per layer, while whole parts run independently
+    (measured: 24 x 32-32 at batch 4096 on 2 threads, 22.7 against 36.3 ms per step; 8 x
+    64-64 at batch 1024, 5.7 ms against 8.3 ms on one thread; at batch 512 the gain is
+    within the noise, so such batches stay whole, on one thread).
+    """
+    if not split_rows(x.shape[0], x.device):
+        return 1
+    return max(1, min(torch.get_num_threads(), x.shape[0] // SPLIT_ROWS))
 
 
 class _Chain:
@@ -141,6 +187,7 @@ class _Chain:
         self.scale_bounds: list[float] = []
         self.consts: list[list[Tensor]] = []
         self.relus: list[bool] = []
+        self._spares: list[list[list[Tensor]]] = []
         # Per coupling: (layer, what its constants depend on, params, grads) when gathered.
         self.checks: list[tuple[Any, tuple[Any, ...], list[Tensor], list[Tensor]]] = []
 
@@ -149,6 +196,12 @@ class _Chain:
         return all(layer._constants_key(params[-1]) == key
                    and all(p.grad is g for p, g in zip(params, grads, strict=True))
                    for layer, key, params, grads in self.checks)
+
+    def spare_grads(self, n: int) -> list[list[list[Tensor]]]:
+        """``n`` sets of buffers shaped like :attr:`grads`, for the other threads' parts."""
+        while len(self._spares) < n:
+            self._spares.append([[torch.empty_like(g) for g in layer] for layer in self.grads])
+        return self._spares[:n]
 
     def add(self, kind: int, halves: tuple[Any, Any, list[int], list[int]],
             params: list[Tensor], grads: list[Tensor], args: tuple[Any, Any, Any, Any]) -> None:

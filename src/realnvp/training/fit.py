@@ -19,7 +19,7 @@ from torch import Tensor
 from realnvp._validation import as_float_tensor
 from realnvp.bijections import ActNorm
 from realnvp.flow import Flow
-from realnvp.training.fast import fast_step_for
+from realnvp.training.fast import fast_step_for, split_rows
 
 __all__ = ["History", "NonFiniteLossError", "TrainStep", "fit", "lattice_steps",
            "make_train_step", "mean_nll", "resolve_device"]
@@ -280,22 +280,26 @@ def make_train_step(flow: Flow, lr: float = 2e-3, clip_grad: float = 10.0
     flow.train()
 
     def run(x: Tensor) -> Tensor:
-        with single_thread_for(x.shape[0], x.device):
+        with single_thread_for(x.shape[0], x.device, step.fast is not None):
             return step(x)[0]
 
     return run
 
 
 @contextlib.contextmanager
-def single_thread_for(batch_size: int, device: torch.device) -> Iterator[None]:
+def single_thread_for(batch_size: int, device: torch.device, fast: bool = False
+                      ) -> Iterator[None]:
     """One CPU thread for batches of up to 1024 rows, restored afterwards.
 
     At these sizes each kernel is a few microseconds of work, and splitting it over threads
     costs more than it gains; with a busy-waiting OpenMP runtime and another process on a
-    core, two threads were about 3x slower here. Larger batches keep torch's setting.
+    core, two threads were about 3x slower here. Larger batches keep torch's setting, and so
+    do batches that the ``fast`` step splits into row parts, one per thread (see
+    :func:`realnvp.training.fast.split_rows`).
     """
     threads = torch.get_num_threads()
-    single = device.type == "cpu" and batch_size <= 1024 and threads > 1
+    single = (device.type == "cpu" and batch_size <= 1024 and threads > 1
+              and not (fast and split_rows(batch_size, device)))
     if single:
         torch.set_num_threads(1)
     try:
@@ -441,7 +445,7 @@ def fit(
 
     interrupt = _DeferredInterrupt()
     try:
-        with interrupt, single_thread_for(batches.batch_size, dev):
+        with interrupt, single_thread_for(batches.batch_size, dev, train_step.fast is not None):
             for step in range(start_step + 1, steps + 1):
                 xb = train.index_select(0, batches.next().to(dev))
                 if noise is not None:
