@@ -23,7 +23,7 @@ from torch import Tensor
 
 __all__ = ["PERMUTE", "Kernels", "bound_constants", "chain_backward", "chain_forward_train",
            "coupling_backward", "coupling_forward", "coupling_inverse", "kernels",
-           "merge_columns", "take_columns", "use_onednn"]
+           "merge_columns", "take_columns", "use_onednn", "workspace"]
 
 ONEDNN_MIN_ROWS = 2048
 """Below this many rows the fused oneDNN layer costs more to set up than it saves."""
@@ -35,8 +35,16 @@ def use_onednn(x: Tensor) -> bool:
             and x.shape[0] >= ONEDNN_MIN_ROWS and torch.backends.mkldnn.is_available())
 
 
-def _layer(a: Tensor, w: Tensor, b: Tensor, relu: bool, onednn: bool) -> Tensor:
-    """``act(a @ w.T + b)``: one input as an outer product, fused by oneDNN where asked."""
+def _layer(a: Tensor, w: Tensor, b: Tensor, relu: bool, onednn: bool,
+           out: Optional[Tensor] = None) -> Tensor:  # noqa: UP045 - TorchScript's spelling
+    """``act(a @ w.T + b)``: one input as an outer product, fused by oneDNN where asked;
+    written into ``out`` (a reused buffer, see :func:`workspace`) when one is given."""
+    if out is not None:
+        if w.shape[1] == 1:
+            torch.addcmul(b, a, w.t(), out=out)
+        else:
+            torch.addmm(b, a, w.t(), out=out)
+        return torch.relu_(out) if relu else torch.tanh_(out)
     if w.shape[1] == 1:
         pre = torch.addcmul(b, a, w.t())
     elif onednn:
@@ -47,6 +55,50 @@ def _layer(a: Tensor, w: Tensor, b: Tensor, relu: bool, onednn: bool) -> Tensor:
     else:
         pre = F.linear(a, w, b)
     return torch.relu_(pre) if relu else torch.tanh_(pre)
+
+
+def _hidden(a: Tensor, params: list[Tensor], relu: bool, onednn: bool,
+            work: Optional[list[Tensor]]) -> list[Tensor]:  # noqa: UP045
+    """The conditioner's input and hidden activations, ``[a, act_1, ..., act_n-1]``; with
+    a ``work`` pair of flat buffers the activations are written into them in turn."""
+    acts: list[Tensor] = [a]
+    rows = a.shape[0]
+    for k in range(len(params) // 2 - 1):
+        out: Optional[Tensor] = None  # noqa: UP045
+        if work is not None and len(work) == 2:
+            width = params[2 * k].shape[0]
+            out = work[k % 2][: rows * width].view(rows, width)
+        acts.append(_layer(acts[-1], params[2 * k], params[2 * k + 1], relu, onednn, out))
+    return acts
+
+
+WORKSPACE_BYTES = 8 << 20
+"""Largest activation (bytes) that :func:`workspace` keeps a buffer for, per thread."""
+
+_workspaces = threading.local()
+
+
+def workspace(rows: int, params: list[Tensor], like: Tensor) -> list[Tensor]:
+    """This thread's pair of flat buffers for the hidden activations of ``rows`` rows of
+    a conditioner with weights ``params``, reused from call to call; ``[]`` where none
+    applies (not the CPU, or activations over :data:`WORKSPACE_BYTES`).
+
+    Scoring and sampling allocate the same activations again and again; each allocation
+    of a megabyte or so is a fresh mapping from the C allocator, page-faulted in anew.
+    Buffers are made outside inference mode, so that they can be written in any mode, and
+    only the kernels' intermediate activations live in them (never a returned tensor).
+    """
+    width = max(params[2 * k].shape[0] for k in range(len(params) // 2 - 1)) if len(
+        params) > 2 else 0
+    need = rows * width
+    if like.device.type != "cpu" or need == 0 or need * like.element_size() > WORKSPACE_BYTES:
+        return []
+    pair = getattr(_workspaces, "pair", None)
+    if pair is None or pair[0].numel() < need or pair[0].dtype != like.dtype:
+        with torch.inference_mode(False):
+            pair = [torch.empty(need, dtype=like.dtype) for _ in range(2)]
+        _workspaces.pair = pair
+    return pair
 
 
 def take_columns(h: Tensor, index: Tensor, view: list[int]) -> Tensor:
@@ -107,12 +159,15 @@ def coupling_forward(
     h: Tensor, kept: Tensor, transformed: Tensor, kept_view: list[int],
     transformed_view: list[int], params: list[Tensor], input_bound: float, scale_bound: float,
     consts: list[Tensor], relu: bool, onednn: bool = False,
+    work: Optional[list[Tensor]] = None,  # noqa: UP045
 ) -> tuple[Tensor, Tensor, list[Tensor]]:
     """One affine coupling, forward; returns ``(y, sum of s, tape)``. Bounds <= 0: none.
 
     ``kept``/``transformed`` index the halves; ``*_view`` give them as ``[start, stop,
     step]`` when they are evenly spaced (then no copy is made), or ``[]``. ``consts`` are
-    the bounds as tensors (:func:`bound_constants`).
+    the bounds as tensors (:func:`bound_constants`). With ``work`` (scoring: see
+    :func:`workspace`) the hidden activations are written into those buffers, and the
+    tape's activations are only valid until their next use.
     """
     x1 = take_columns(h, kept, kept_view)
     x2 = take_columns(h, transformed, transformed_view)
@@ -122,10 +177,8 @@ def coupling_forward(
     if input_bound > 0:
         squashed = torch.tanh(x1 * consts[1])
         a = squashed * consts[0]
-    acts: list[Tensor] = [a]
+    acts = _hidden(a, params, relu, onednn, work)
     n = len(params) // 2
-    for k in range(n - 1):
-        acts.append(_layer(acts[-1], params[2 * k], params[2 * k + 1], relu, onednn))
     s, shift = _head(acts[-1], params[2 * n - 2], params[2 * n - 1], x2.shape[1], onednn)
     ts = empty
     if scale_bound > 0:
@@ -175,16 +228,18 @@ def coupling_inverse(
     z: Tensor, kept: Tensor, transformed: Tensor, kept_view: list[int],
     transformed_view: list[int], params: list[Tensor], input_bound: float, scale_bound: float,
     consts: list[Tensor], relu: bool, onednn: bool = False,
+    work: Optional[list[Tensor]] = None,  # noqa: UP045
 ) -> tuple[Tensor, Tensor]:
-    """One affine coupling, inverse: ``x2 = (z2 - t) exp(-s)``; returns ``(x, -sum of s)``."""
+    """One affine coupling, inverse: ``x2 = (z2 - t) exp(-s)``; returns ``(x, -sum of s)``.
+
+    ``work``: buffers for the hidden activations, as in :func:`coupling_forward`."""
     z1 = take_columns(z, kept, kept_view)
     z2 = take_columns(z, transformed, transformed_view)
     a = z1
     if input_bound > 0:
         a = torch.tanh(z1 * consts[1]) * consts[0]
     n = len(params) // 2
-    for k in range(n - 1):
-        a = _layer(a, params[2 * k], params[2 * k + 1], relu, onednn)
+    a = _hidden(a, params, relu, onednn, work)[-1]
     s, shift = _head(a, params[2 * n - 2], params[2 * n - 1], z2.shape[1], onednn)
     neg_s = torch.tanh(s * consts[3]) * consts[5] if scale_bound > 0 else -s
     x2 = (z2 - shift) * torch.exp(neg_s)

@@ -15,6 +15,7 @@ from realnvp.bijections._kernels import (
     merge_columns,
     take_columns,
     use_onednn,
+    workspace,
 )
 from realnvp.bijections.base import Bijection
 from realnvp.nn import MLP
@@ -181,15 +182,17 @@ class AffineCoupling(Coupling):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self._scripted():  # scoring and sampling: one compiled call per layer
-            z, log_det, _ = kernels(x.device).forward(x, *self._halves(), *self._kernel_args(),
-                                                      use_onednn(x))
+            args = self._kernel_args()
+            z, log_det, _ = kernels(x.device).forward(x, *self._halves(), *args, use_onednn(x),
+                                                      workspace(x.shape[0], args[0], x))
             return z, log_det
         return super().forward(x, context)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self._scripted():
-            return kernels(z.device).inverse(z, *self._halves(), *self._kernel_args(),
-                                             use_onednn(z))
+            args = self._kernel_args()
+            return kernels(z.device).inverse(z, *self._halves(), *args, use_onednn(z),
+                                             workspace(z.shape[0], args[0], z))
         return super().inverse(z, context)
 
     def _forward_transformed(
