@@ -8,8 +8,12 @@ against each in turn, e.g. (from the repository root)::
     PYTHONPATH=/tmp/old/src .venv/bin/python benchmarks/step_time.py --layers 24 --hidden 32
     .venv/bin/python benchmarks/step_time.py --layers 24 --hidden 32
 
-``--blocks`` instead alternates scoring and sampling of ``--points`` rows with the row blocks
-of :mod:`realnvp.bijections._blocks` on and off, in one process, and prints the medians.
+``--compare FEATURE`` instead alternates a feature on and off in one process and prints the
+medians: ``blocks`` (scoring and sampling ``--points`` rows in the row blocks of
+:mod:`realnvp.bijections._blocks`), ``workspace`` (the same with and without the reused
+activation buffers of :func:`realnvp.bijections._kernels.workspace`), ``split`` (training
+steps of ``--batch`` rows on ``--threads`` threads, split into row parts or whole:
+:mod:`realnvp.training.fast`). ``--blocks`` is ``--compare blocks``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,15 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 import realnvp  # noqa: E402
+from realnvp.bijections import _blocks, _kernels  # noqa: E402
+from realnvp.training import fast  # noqa: E402
 from realnvp.training.fit import TrainStep  # noqa: E402
+
+SWITCHES = {  # feature -> (module, setting, value that turns the feature off)
+    "blocks": (_blocks, "BLOCK_ROWS", 10**12),
+    "workspace": (_kernels, "WORKSPACE_BYTES", 0),
+    "split": (fast, "SPLIT_ROWS", 10**12),
+}
 
 
 def best_ms(fn, calls: int, repeats: int = 5) -> float:  # noqa: ANN001
@@ -55,37 +67,48 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--batch", type=int, default=512)
-    p.add_argument("--threads", type=int, default=1, help="torch threads for training steps")
-    p.add_argument("--blocks", action="store_true", help="row blocks on/off instead")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: 1 for a TrainStep alone, else torch's)")
+    p.add_argument("--blocks", action="store_true", help="same as --compare blocks")
+    p.add_argument("--compare", choices=sorted(SWITCHES), help="a feature on and off")
     p.add_argument("--points", type=int, default=8192)
     p.add_argument("--rounds", type=int, default=9)
     args = p.parse_args()
     flow = moved_flow(args.layers, args.hidden)
-    if not args.blocks:
-        torch.set_num_threads(args.threads)
+    feature = "blocks" if args.blocks else args.compare
+    if args.threads is None:
+        args.threads = 1 if feature is None else torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    if feature is None:
         step = TrainStep(flow, lr=1e-3)
         x = torch.randn(args.batch, 2, generator=torch.Generator().manual_seed(1))
         ms = best_ms(lambda: step(x), calls=300)
         print(f"TrainStep {args.layers} x {args.hidden}-{args.hidden}, batch {args.batch}, "
               f"{args.threads} thread(s): {ms:.2f} ms")
         return
-    from realnvp.bijections import _blocks
-
-    x = torch.randn(args.points, 2, generator=torch.Generator().manual_seed(1))
-    on_rows = _blocks.BLOCK_ROWS
+    if feature == "split":
+        step = TrainStep(flow, lr=1e-6)
+        x = torch.randn(args.batch, 2, generator=torch.Generator().manual_seed(1))
+        work = {"training step": lambda: step(x)}
+        per = f"per step of {args.batch} rows, {args.threads} thread(s)"
+    else:
+        x = torch.randn(args.points, 2, generator=torch.Generator().manual_seed(1))
+        work = {"log_prob": lambda: flow.log_prob(x), "sample": lambda: flow.sample(args.points)}
+        per = f"per {args.points} points"
+    module, name, off = SWITCHES[feature]
+    on = getattr(module, name)
     times: dict[str, list[float]] = {}
-    with torch.inference_mode():
+    with torch.inference_mode(feature != "split"):
         for _ in range(args.rounds):
-            for label, rows in (("blocks", on_rows), ("whole batch", 10**12)):
-                _blocks.BLOCK_ROWS = rows
-                times.setdefault(f"log_prob, {label}", []).append(
-                    best_ms(lambda: flow.log_prob(x), calls=20, repeats=1))
-                times.setdefault(f"sample, {label}", []).append(
-                    best_ms(lambda: flow.sample(args.points), calls=20, repeats=1))
-    for name, values in times.items():
-        print(f"{name:24s} {statistics.median(values):6.2f} ms per {args.points} points "
+            for label, value in ((f"{feature} on", on), (f"{feature} off", off)):
+                setattr(module, name, value)
+                for what, fn in work.items():
+                    times.setdefault(f"{what}, {label}", []).append(
+                        best_ms(fn, calls=20, repeats=1))
+    setattr(module, name, on)
+    for key, values in times.items():
+        print(f"{key:28s} {statistics.median(values):6.2f} ms {per} "
               f"(median of {args.rounds})")
-
 
 if __name__ == "__main__":
     main()

@@ -77,23 +77,27 @@ def _hidden(a: Tensor, params: list[Tensor], relu: bool, onednn: bool,
 WORKSPACE_BYTES = 8 << 20
 """Largest activation (bytes) that :func:`workspace` keeps a buffer for, per thread."""
 
+WORKSPACE_MIN_ROWS = 256
+"""Below this many rows activations are small heap allocations: no buffers."""
+
 _workspaces = threading.local()
 
 
 def workspace(rows: int, params: list[Tensor], like: Tensor) -> list[Tensor]:
     """This thread's pair of flat buffers for the hidden activations of ``rows`` rows of
     a conditioner with weights ``params``, reused from call to call; ``[]`` where none
-    applies (not the CPU, or activations over :data:`WORKSPACE_BYTES`).
+    applies (not the CPU, fewer than :data:`WORKSPACE_MIN_ROWS` rows, no hidden layer, or
+    activations over :data:`WORKSPACE_BYTES`).
 
     Scoring and sampling allocate the same activations again and again; each allocation
     of a megabyte or so is a fresh mapping from the C allocator, page-faulted in anew.
     Buffers are made outside inference mode, so that they can be written in any mode, and
     only the kernels' intermediate activations live in them (never a returned tensor).
     """
-    width = max(params[2 * k].shape[0] for k in range(len(params) // 2 - 1)) if len(
-        params) > 2 else 0
-    need = rows * width
-    if like.device.type != "cpu" or need == 0 or need * like.element_size() > WORKSPACE_BYTES:
+    if rows < WORKSPACE_MIN_ROWS or like.device.type != "cpu" or len(params) <= 2:
+        return []
+    need = rows * max(params[2 * k].shape[0] for k in range(len(params) // 2 - 1))
+    if need * like.element_size() > WORKSPACE_BYTES:
         return []
     pair = getattr(_workspaces, "pair", None)
     if pair is None or pair[0].numel() < need or pair[0].dtype != like.dtype:
