@@ -26,23 +26,22 @@ def _fresh(flow: realnvp.Flow, x: torch.Tensor) -> torch.Tensor:
 def test_buffered_scores_match_autograd_and_are_not_overwritten(
     flow: realnvp.Flow, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from realnvp.bijections import coupling
-
     given: list[int] = []
+    real = _kernels.workspace
 
-    def spy(rows: int, params: list[torch.Tensor], like: torch.Tensor) -> list[torch.Tensor]:
-        work = _kernels.workspace(rows, params, like)
+    def spy(rows: int, width: int, like: torch.Tensor) -> list[torch.Tensor]:
+        work = real(rows, width, like)
         given.append(len(work))
         return work
 
-    monkeypatch.setattr(coupling, "workspace", spy)
+    monkeypatch.setattr(_kernels, "workspace", spy)
     xs = [torch.randn(n, 3) for n in (700, 300, 700)]
     context = torch.inference_mode if mode == "inference" else torch.no_grad
     with context():
         scores = [flow.log_prob(x) for x in xs]
         z, _ = flow(xs[0])
         back, _ = flow.inverse(z)
-    assert given and set(given) == {2}  # every coupling call had buffers
+    assert given and set(given) == {2}  # every chain call had buffers
     for x, lp in zip(xs, scores, strict=True):  # later calls left earlier results alone
         torch.testing.assert_close(lp, _fresh(flow, x), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(back, xs[0], atol=1e-5, rtol=1e-5)
@@ -60,11 +59,38 @@ def test_buffers_made_in_inference_mode_serve_no_grad_calls_too(flow: realnvp.Fl
 
 
 def test_no_buffers_off_the_cpu_or_beyond_the_size_limit() -> None:
-    params = [torch.zeros(64, 2), torch.zeros(64), torch.zeros(4, 64), torch.zeros(4)]
     x = torch.zeros(10, 2)
-    assert len(_kernels.workspace(300, params, x)) == 2
-    assert _kernels.workspace(100, params, x) == []  # small: the heap serves it
-    rows = _kernels.WORKSPACE_BYTES // (64 * 4) + 1
-    assert _kernels.workspace(rows, params, x) == []
-    assert _kernels.workspace(300, params[2:], x) == []  # no hidden layer
-    assert _kernels.workspace(300, params, torch.zeros(10, 2, device="meta")) == []
+    assert len(_kernels.workspace(300, 64, x)) == 2
+    assert _kernels.workspace(100, 64, x) == []  # small: the heap serves it
+    assert _kernels.workspace(_kernels.WORKSPACE_BYTES // (64 * 4) + 1, 64, x) == []
+    assert _kernels.workspace(300, 0, x) == []  # no hidden layer
+    assert _kernels.workspace(300, 64, torch.zeros(10, 2, device="meta")) == []
+    params = [torch.zeros(64, 2), torch.zeros(64), torch.zeros(32, 64), torch.zeros(32),
+              torch.zeros(4, 32), torch.zeros(4)]
+    assert _kernels.hidden_width(params) == 64 and _kernels.hidden_width(params[4:]) == 0
+
+
+def test_couplings_and_permutations_score_in_one_call_unless_hooked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from realnvp.bijections import base
+
+    flow = randomize(realnvp.RealNVP(dim=4, n_layers=4, hidden=(8,), permutation="random"),
+                     std=0.3).eval()
+    runs: list[int] = []
+    real = base.run_chain
+    monkeypatch.setattr(base, "run_chain", lambda specs, x, inverse: runs.append(len(specs))
+                        or real(specs, x, inverse))
+    x = torch.randn(20, 4)
+    expected = _fresh(flow, x)
+    with torch.no_grad():
+        torch.testing.assert_close(flow.log_prob(x), expected)
+        z, _ = flow(x)
+        torch.testing.assert_close(flow.inverse(z)[0], x)
+    assert runs == [7, 7, 7]  # after the standardisation: 4 couplings, 3 permutations
+    seen: list[str] = []
+    flow.bijection[3].register_forward_hook(lambda *_: seen.append("hook"))
+    runs.clear()
+    with torch.no_grad():
+        torch.testing.assert_close(flow.log_prob(x), expected)
+    assert seen == ["hook"] and runs == [2, 4]  # the hooked layer is called on its own

@@ -21,9 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["PERMUTE", "Kernels", "bound_constants", "chain_backward", "chain_forward_train",
-           "coupling_backward", "coupling_forward", "coupling_inverse", "kernels",
-           "merge_columns", "take_columns", "use_onednn", "workspace"]
+__all__ = ["COUPLING", "PERMUTE", "Kernels", "bound_constants", "chain_backward", "chain_forward",
+           "chain_forward_train", "chain_inverse", "coupling_backward", "coupling_forward",
+           "coupling_inverse", "hidden_width", "kernels", "merge_columns", "run_chain",
+           "take_columns", "use_onednn", "workspace"]
 
 ONEDNN_MIN_ROWS = 2048
 """Below this many rows the fused oneDNN layer costs more to set up than it saves."""
@@ -83,21 +84,25 @@ WORKSPACE_MIN_ROWS = 256
 _workspaces = threading.local()
 
 
-def workspace(rows: int, params: list[Tensor], like: Tensor) -> list[Tensor]:
-    """This thread's pair of flat buffers for the hidden activations of ``rows`` rows of
-    a conditioner with weights ``params``, reused from call to call; ``[]`` where none
-    applies (not the CPU, fewer than :data:`WORKSPACE_MIN_ROWS` rows, no hidden layer, or
-    activations over :data:`WORKSPACE_BYTES`).
+def hidden_width(params: list[Tensor]) -> int:
+    """The widest hidden layer of a conditioner with weights ``params`` (0: none)."""
+    return max([params[2 * k].shape[0] for k in range(len(params) // 2 - 1)] + [0])
+
+
+def workspace(rows: int, width: int, like: Tensor) -> list[Tensor]:
+    """This thread's pair of flat buffers for hidden activations of ``rows`` rows and up to
+    ``width`` columns, reused from call to call; ``[]`` where none applies (not the CPU,
+    fewer than :data:`WORKSPACE_MIN_ROWS` rows, no hidden layer, or activations over
+    :data:`WORKSPACE_BYTES`).
 
     Scoring and sampling allocate the same activations again and again; each allocation
     of a megabyte or so is a fresh mapping from the C allocator, page-faulted in anew.
     Buffers are made outside inference mode, so that they can be written in any mode, and
     only the kernels' intermediate activations live in them (never a returned tensor).
     """
-    if rows < WORKSPACE_MIN_ROWS or like.device.type != "cpu" or len(params) <= 2:
-        return []
-    need = rows * max(params[2 * k].shape[0] for k in range(len(params) // 2 - 1))
-    if need * like.element_size() > WORKSPACE_BYTES:
+    need = rows * width
+    if (rows < WORKSPACE_MIN_ROWS or like.device.type != "cpu" or need == 0
+            or need * like.element_size() > WORKSPACE_BYTES):
         return []
     pair = getattr(_workspaces, "pair", None)
     if pair is None or pair[0].numel() < need or pair[0].dtype != like.dtype:
@@ -252,9 +257,9 @@ def coupling_inverse(
     return merge_columns(z1, x2, kept, transformed, kept_view, transformed_view), neg_s.sum(1)
 
 
-PERMUTE = 1
-"""Layer kind in the training chains: a permutation (``kept`` holds its index, ``transformed``
-the inverse's); any other kind is an affine coupling."""
+COUPLING, PERMUTE = 0, 1
+"""Layer kinds in the chain kernels: an affine coupling; a permutation (``kept`` holds its
+index, ``transformed`` the inverse's)."""
 
 
 def chain_forward_train(
@@ -303,6 +308,48 @@ def chain_backward(
     return g
 
 
+def chain_forward(
+    h: Tensor, kinds: list[int], kept: list[Tensor], transformed: list[Tensor],
+    kept_views: list[list[int]], transformed_views: list[list[int]], params: list[list[Tensor]],
+    input_bounds: list[float], scale_bounds: list[float], consts: list[list[Tensor]],
+    relus: list[bool], onednn: bool, work: Optional[list[Tensor]],  # noqa: UP045
+) -> tuple[Tensor, Tensor]:
+    """A run of couplings and permutations, forward, for scoring: one compiled call instead
+    of one per layer (each call from Python costs about as much as a small layer's
+    arithmetic); the arguments of :func:`chain_forward_train`, plus the ``work`` buffers.
+    Returns ``(z, log-det)``."""
+    log_det = h.new_zeros(h.shape[0])
+    for i in range(len(kinds)):
+        if kinds[i] == 1:  # PERMUTE
+            h = h.index_select(1, kept[i])
+        else:
+            h, s_sum, _ = coupling_forward(h, kept[i], transformed[i], kept_views[i],
+                                           transformed_views[i], params[i], input_bounds[i],
+                                           scale_bounds[i], consts[i], relus[i], onednn, work)
+            log_det.add_(s_sum)
+    return h, log_det
+
+
+def chain_inverse(
+    h: Tensor, kinds: list[int], kept: list[Tensor], transformed: list[Tensor],
+    kept_views: list[list[int]], transformed_views: list[list[int]], params: list[list[Tensor]],
+    input_bounds: list[float], scale_bounds: list[float], consts: list[list[Tensor]],
+    relus: list[bool], onednn: bool, work: Optional[list[Tensor]],  # noqa: UP045
+) -> tuple[Tensor, Tensor]:
+    """The inverses of a run of layers, applied in the order given (the caller lists the
+    layers last to first), for sampling; returns ``(x, log-det of the inverse)``."""
+    log_det = h.new_zeros(h.shape[0])
+    for i in range(len(kinds)):
+        if kinds[i] == 1:  # PERMUTE: ``transformed`` holds the inverse permutation
+            h = h.index_select(1, transformed[i])
+        else:
+            h, s_sum = coupling_inverse(h, kept[i], transformed[i], kept_views[i],
+                                        transformed_views[i], params[i], input_bounds[i],
+                                        scale_bounds[i], consts[i], relus[i], onednn, work)
+            log_det.add_(s_sum)
+    return h, log_det
+
+
 class Kernels(NamedTuple):
     """The compiled (or Python) coupling kernels."""
 
@@ -310,9 +357,25 @@ class Kernels(NamedTuple):
     inverse: Any
     train_forward: Any
     train_backward: Any
+    chain_forward: Any
+    chain_inverse: Any
 
 
-_PYTHON = Kernels(coupling_forward, coupling_inverse, chain_forward_train, chain_backward)
+_PYTHON = Kernels(coupling_forward, coupling_inverse, chain_forward_train, chain_backward,
+                  chain_forward, chain_inverse)
+
+
+def run_chain(specs: list[tuple[Any, ...]], x: Tensor, inverse: bool) -> tuple[Tensor, Tensor]:
+    """Layers given by their ``_fused_spec()`` (in the order to apply them), in one call.
+
+    Each spec is ``(kind, kept, transformed, kept_view, transformed_view, params,
+    input_bound, scale_bound, consts, relu)``; see :func:`chain_forward`.
+    """
+    columns = [list(c) for c in zip(*specs, strict=True)]
+    width = max(hidden_width(p) for p in columns[5])
+    k = kernels(x.device)
+    run = k.chain_inverse if inverse else k.chain_forward
+    return run(x, *columns, use_onednn(x), workspace(x.shape[0], width, x))
 
 
 _CACHE: list[Kernels] = []

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules import module as _module
 
 from realnvp.bijections._blocks import by_row_blocks, use_row_blocks
+from realnvp.bijections._kernels import run_chain
 
 __all__ = ["Bijection", "Chain", "Inverse"]
 
@@ -38,6 +41,12 @@ class Bijection(nn.Module):
     def rowwise(self) -> bool:
         """Whether each output row depends only on the same input row, in the current mode."""
         return True
+
+    def _fused_spec(self) -> tuple[Any, ...] | None:
+        """This layer as an entry of the compiled chain kernels
+        (:func:`realnvp.bijections._kernels.run_chain`) in the current mode, or None (the
+        default): then :class:`Chain` calls it as a module."""
+        return None
 
 
 class Inverse(Bijection):
@@ -90,20 +99,38 @@ class Chain(Bijection):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if use_row_blocks(x, self.rowwise):  # large CPU batch, no autograd: parallel blocks
             return by_row_blocks(self.forward, x, context)
-        total = x.new_zeros(x.shape[0])
-        for layer in self.layers:
-            x, log_det = layer(x, context)
-            total = total + log_det
-        return x, total
+        return self._through(self.layers, x, context, inverse=False)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if use_row_blocks(z, self.rowwise):
             return by_row_blocks(self.inverse, z, context)
-        total = z.new_zeros(z.shape[0])
-        for layer in reversed(self.layers):
-            z, log_det = layer.inverse(z, context)
+        return self._through(reversed(self.layers), z, context, inverse=True)
+
+    @staticmethod
+    def _through(layers: Iterable[Bijection], x: Tensor, context: Tensor | None,
+                 inverse: bool) -> tuple[Tensor, Tensor]:
+        """Apply ``layers`` in turn (their inverses if ``inverse``), adding the log-dets.
+
+        Consecutive layers that have a :meth:`Bijection._fused_spec` now (affine couplings
+        and permutations, without autograd or hooks) run as one compiled call.
+        """
+        total = x.new_zeros(x.shape[0])
+        fusing = not torch.is_grad_enabled() and not _global_hooks()
+        run: list[tuple[Any, ...]] = []
+        for layer in layers:
+            spec = layer._fused_spec() if fusing else None
+            if spec is not None:
+                run.append(spec)
+                continue
+            if run:
+                x, log_det = run_chain(run, x, inverse)
+                total, run = total + log_det, []
+            x, log_det = layer.inverse(x, context) if inverse else layer(x, context)
             total = total + log_det
-        return z, total
+        if run:
+            x, log_det = run_chain(run, x, inverse)
+            total = total + log_det
+        return x, total
 
     def rowwise(self) -> bool:
         return all(layer.rowwise() for layer in self.layers)
@@ -119,3 +146,8 @@ class Chain(Bijection):
             x, _ = layer.inverse(x, context) if inverse else layer(x, context)
             points.append(x)
         return points
+
+
+def _global_hooks() -> bool:
+    """Whether hooks registered for every module are active (then every layer is called)."""
+    return bool(_module._global_forward_hooks or _module._global_forward_pre_hooks)

@@ -10,7 +10,9 @@ from torch import Tensor
 
 from realnvp.bijections._fused import FUSED_ACTIVATIONS, fused_affine
 from realnvp.bijections._kernels import (
+    COUPLING,
     bound_constants,
+    hidden_width,
     kernels,
     merge_columns,
     take_columns,
@@ -183,17 +185,23 @@ class AffineCoupling(Coupling):
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self._scripted():  # scoring and sampling: one compiled call per layer
             args = self._kernel_args()
+            work = workspace(x.shape[0], hidden_width(args[0]), x)
             z, log_det, _ = kernels(x.device).forward(x, *self._halves(), *args, use_onednn(x),
-                                                      workspace(x.shape[0], args[0], x))
+                                                      work)
             return z, log_det
         return super().forward(x, context)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self._scripted():
             args = self._kernel_args()
-            return kernels(z.device).inverse(z, *self._halves(), *args, use_onednn(z),
-                                             workspace(z.shape[0], args[0], z))
+            work = workspace(z.shape[0], hidden_width(args[0]), z)
+            return kernels(z.device).inverse(z, *self._halves(), *args, use_onednn(z), work)
         return super().inverse(z, context)
+
+    def _fused_spec(self) -> tuple[Any, ...] | None:
+        if not self._scripted() or self._forward_hooks or self._forward_pre_hooks:
+            return None
+        return (COUPLING, *self._halves(), *self._kernel_args())
 
     def _forward_transformed(
         self, x1: Tensor, x2: Tensor, context: Tensor | None

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
+from realnvp.bijections._kernels import PERMUTE
 from realnvp.bijections.base import Bijection
 
 __all__ = ["LULinear", "Permutation", "RandomPermutation", "Reverse"]
@@ -33,6 +36,12 @@ class Permutation(Bijection):
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return z.index_select(1, self.inverse_permutation), z.new_zeros(z.shape[0])
+
+    def _fused_spec(self) -> tuple[Any, ...] | None:
+        if self._forward_hooks or self._forward_pre_hooks:
+            return None
+        return (PERMUTE, self.permutation, self.inverse_permutation, [], [], [], 0.0, 0.0, [],
+                False)
 
 
 class Reverse(Permutation):

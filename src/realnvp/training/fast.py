@@ -89,17 +89,17 @@ class FastStep:
         for layer in self.layers:
             if isinstance(layer, Standardize):
                 continue
-            if isinstance(layer, Permutation):
-                chain.add(PERMUTE, (layer.permutation, layer.inverse_permutation, [], []), [], [],
-                          (0.0, 0.0, [], False))
-                continue
-            params, input_bound, scale_bound, consts, relu = layer._kernel_args()
+            spec = layer._fused_spec()
+            if spec is None:  # fast_step_for checked the layers; only hooks added since
+                raise RuntimeError(f"{type(layer).__name__} can no longer take the fast step")
+            params = spec[5]
             grads = [p.grad for p in params]
             if any(g is None for g in grads):
                 raise RuntimeError("FastStep writes into existing .grad tensors; give every "
                                    "parameter a .grad first")
-            chain.add(0, layer._halves(), params, grads, (input_bound, scale_bound, consts, relu))
-            chain.checks.append((layer, layer._constants_key(params[-1]), params, grads))
+            chain.add(spec, grads)
+            if spec[0] != PERMUTE:
+                chain.checks.append((layer, layer._constants_key(params[-1]), params, grads))
         self._chain = chain
         return chain
 
@@ -203,14 +203,12 @@ class _Chain:
             self._spares.append([[torch.empty_like(g) for g in layer] for layer in self.grads])
         return self._spares[:n]
 
-    def add(self, kind: int, halves: tuple[Any, Any, list[int], list[int]],
-            params: list[Tensor], grads: list[Tensor], args: tuple[Any, Any, Any, Any]) -> None:
-        self.kinds.append(kind)
-        for name, value in zip(("kept", "transformed", "kept_views", "transformed_views"),
-                               halves, strict=True):
+    def add(self, spec: tuple[Any, ...], grads: list[Tensor]) -> None:
+        """Append a layer given by its ``_fused_spec()`` and its parameters' gradients."""
+        for name, value in zip(_SPEC_FIELDS, spec, strict=True):
             getattr(self, name).append(value)
-        self.params.append(params)
         self.grads.append(grads)
-        for name, value in zip(("input_bounds", "scale_bounds", "consts", "relus"), args,
-                               strict=True):
-            getattr(self, name).append(value)
+
+
+_SPEC_FIELDS = ("kinds", "kept", "transformed", "kept_views", "transformed_views", "params",
+                "input_bounds", "scale_bounds", "consts", "relus")
