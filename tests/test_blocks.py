@@ -125,3 +125,31 @@ def test_a_forked_child_gets_its_own_pool_of_threads() -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_concurrent_callers_put_the_thread_setting_back() -> None:
+    """A second caller starts while the first holds the setting at 1, and ends last."""
+    import time
+
+    from realnvp.bijections._blocks import on_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    inside = threading.Event()
+
+    def second_first_task() -> None:
+        inside.set()
+        time.sleep(0.2)
+
+    second = threading.Thread(target=lambda: on_threads([second_first_task, lambda: None]))
+
+    def first_task() -> None:
+        second.start()
+        assert inside.wait(timeout=10)
+
+    try:
+        on_threads([first_task, lambda: None])
+        second.join()
+        assert torch.get_num_threads() == 2  # not the 1 the second caller found
+    finally:
+        torch.set_num_threads(before)

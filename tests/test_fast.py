@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -185,3 +187,47 @@ def test_batches_split_between_threads_give_autograd_s_step(
     finally:
         torch.set_num_threads(before)
     assert parts == [threads, threads]
+
+
+def test_hooked_layers_train_through_autograd_and_their_hooks_run() -> None:
+    from realnvp.training.fit import TrainStep
+
+    flow = randomize(realnvp.RealNVP(dim=3, n_layers=3, hidden=(8,), permutation="random"),
+                     std=0.3).train()
+    flow.bijection[2].register_forward_hook(lambda *_: None)  # a permutation
+    assert fast_step_for(flow) is None
+    flow = randomize(realnvp.RealNVP(dim=3, n_layers=3, hidden=(8,)), std=0.3).train()
+    step = TrainStep(flow, lr=0.0)
+    assert step.fast is not None
+    x = torch.randn(32, 3)
+    step(x)  # gathered without hooks
+    seen: list[int] = []
+    flow.bijection[1].register_forward_pre_hook(lambda *_: seen.append(1))  # added later
+    loss_ref = -flow.log_prob(x).mean()
+    grads_ref = torch.autograd.grad(loss_ref, list(flow.parameters()))
+    seen.clear()
+    loss, why = step(x)
+    assert why is None and seen == [1]  # the hook ran: autograd's path took this step
+    assert torch.allclose(loss, loss_ref.detach(), atol=1e-12)
+    for p, ref in zip(flow.parameters(), grads_ref, strict=True):
+        assert torch.allclose(p.grad, ref, atol=1e-11)
+
+
+def test_subclasses_with_their_own_maps_are_not_fused() -> None:
+    from realnvp.bijections import Chain, Permutation
+
+    class ScaledSwap(Permutation):
+        def forward(self, x, context=None):  # noqa: ANN001, ANN202
+            z, _ = super().forward(x, context)
+            return 2 * z, x.new_full((x.shape[0],), 2 * math.log(2))
+
+        def inverse(self, z, context=None):  # noqa: ANN001, ANN202
+            x, _ = super().inverse(z / 2, context)
+            return x, z.new_full((z.shape[0],), -2 * math.log(2))
+
+    chain = Chain([ScaledSwap(torch.tensor([1, 0])), ScaledSwap(torch.tensor([1, 0]))])
+    x = torch.randn(5, 2)
+    with torch.no_grad():
+        z, log_det = chain(x)
+    torch.testing.assert_close(z, 4 * x)
+    torch.testing.assert_close(log_det, torch.full((5,), 4 * math.log(2)))

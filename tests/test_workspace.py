@@ -94,3 +94,8 @@ def test_couplings_and_permutations_score_in_one_call_unless_hooked(
     with torch.no_grad():
         torch.testing.assert_close(flow.log_prob(x), expected)
     assert seen == ["hook"] and runs == [2, 4]  # the hooked layer is called on its own
+
+
+def test_no_buffers_under_autocast() -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _kernels.workspace(300, 64, torch.zeros(10, 2)) == []

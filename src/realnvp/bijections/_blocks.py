@@ -26,7 +26,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-__all__ = ["BLOCK_ROWS", "by_row_blocks", "on_threads", "use_row_blocks"]
+__all__ = ["BLOCK_ROWS", "autocast_enabled", "by_row_blocks", "on_threads", "use_row_blocks"]
 
 T = TypeVar("T")
 
@@ -36,18 +36,22 @@ BLOCK_ROWS = 4096
 _local = threading.local()
 _pool: tuple[int, ThreadPoolExecutor] | None = None
 _pool_lock = threading.Lock()
+_callers = [0, 1]  # on_threads calls running now; torch's thread setting they found
+_callers_lock = threading.Lock()
 
 
 def _reset_after_fork() -> None:  # the parent's threads, and any lock they held, are gone
-    global _pool, _pool_lock
+    global _pool, _pool_lock, _callers, _callers_lock
     _pool, _pool_lock = None, threading.Lock()
+    _callers, _callers_lock = [0, 1], threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _autocast() -> bool:
+def autocast_enabled() -> bool:
+    """Whether CPU autocast is on in this thread."""
     try:
         return torch.is_autocast_enabled("cpu")
     except TypeError:  # torch < 2.4
@@ -61,7 +65,7 @@ def use_row_blocks(x: Tensor, rowwise: Callable[[], bool]) -> bool:
     """
     return (x.device.type == "cpu" and x.shape[0] >= 2 * BLOCK_ROWS
             and not torch.is_grad_enabled() and not getattr(_local, "inside", False)
-            and not _autocast() and rowwise())
+            and not autocast_enabled() and rowwise())
 
 
 def _one_thread() -> None:
@@ -133,19 +137,27 @@ def on_threads(tasks: Sequence[Callable[[], T]]) -> list[T]:
     single-threaded workers; returns their results in order.
 
     The calling thread runs its task at one intra-op thread (measured: 20% faster scoring
-    than leaving it idle, its heap being the warm one). torch's setting is process-wide, so
-    it is put back once every task has finished, error or not (a thread started elsewhere
-    during the call may begin with one thread); the first error is raised after that.
+    than leaving it idle, its heap being the warm one) and puts torch's setting back once
+    every task has finished, error or not; the first error is raised after that. The
+    setting is read by the first of any concurrent callers and restored by each of them
+    (torch keeps it per thread, but a thread started meanwhile inherits the 1, and so would
+    a second caller's reading of it).
     """
-    threads = torch.get_num_threads()
     pool = _executor(len(tasks) - 1) if len(tasks) > 1 else None
     futures = [pool.submit(task) for task in tasks[1:]] if pool is not None else []
-    torch.set_num_threads(1)
+    with _callers_lock:
+        if _callers[0] == 0:  # later concurrent callers could read the 1 set below
+            _callers[1] = torch.get_num_threads()
+        _callers[0] += 1
+        restore = _callers[1]
+        torch.set_num_threads(1)
     try:
         first = tasks[0]()
     finally:
         wait(futures)
-        torch.set_num_threads(threads)
+        with _callers_lock:
+            _callers[0] -= 1
+            torch.set_num_threads(restore)
     return [first, *(future.result() for future in futures)]
 
 

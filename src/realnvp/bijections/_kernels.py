@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from realnvp.bijections._blocks import autocast_enabled
+
 __all__ = ["COUPLING", "PERMUTE", "Kernels", "bound_constants", "chain_backward", "chain_forward",
            "chain_forward_train", "chain_inverse", "coupling_backward", "coupling_forward",
            "coupling_inverse", "hidden_width", "kernels", "merge_columns", "run_chain",
@@ -92,8 +94,8 @@ def hidden_width(params: list[Tensor]) -> int:
 def workspace(rows: int, width: int, like: Tensor) -> list[Tensor]:
     """This thread's pair of flat buffers for hidden activations of ``rows`` rows and up to
     ``width`` columns, reused from call to call; ``[]`` where none applies (not the CPU,
-    fewer than :data:`WORKSPACE_MIN_ROWS` rows, no hidden layer, or activations over
-    :data:`WORKSPACE_BYTES`).
+    fewer than :data:`WORKSPACE_MIN_ROWS` rows, no hidden layer, activations over
+    :data:`WORKSPACE_BYTES`, or CPU autocast on).
 
     Scoring and sampling allocate the same activations again and again; each allocation
     of a megabyte or so is a fresh mapping from the C allocator, page-faulted in anew.
@@ -102,8 +104,8 @@ def workspace(rows: int, width: int, like: Tensor) -> list[Tensor]:
     """
     need = rows * width
     if (rows < WORKSPACE_MIN_ROWS or like.device.type != "cpu" or need == 0
-            or need * like.element_size() > WORKSPACE_BYTES):
-        return []
+            or need * like.element_size() > WORKSPACE_BYTES or autocast_enabled()):
+        return []  # (under autocast, writing into buffers would bypass its casts)
     pair = getattr(_workspaces, "pair", None)
     if pair is None or pair[0].numel() < need or pair[0].dtype != like.dtype:
         with torch.inference_mode(False):
@@ -399,7 +401,7 @@ def kernels(device: torch.device | None = None) -> Kernels:
     Example:
         >>> k = kernels()
         >>> sorted(k._fields)
-        ['forward', 'inverse', 'train_backward', 'train_forward']
+        ['chain_forward', 'chain_inverse', 'forward', 'inverse', 'train_backward', 'train_forward']
     """
     if device is not None and device.type != "cpu" and not SCRIPTED_ON_ACCELERATORS:
         return _PYTHON

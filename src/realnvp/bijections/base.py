@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules import module as _module
 
-from realnvp.bijections._blocks import by_row_blocks, use_row_blocks
+from realnvp.bijections._blocks import autocast_enabled, by_row_blocks, use_row_blocks
 from realnvp.bijections._kernels import run_chain
 
 __all__ = ["Bijection", "Chain", "Inverse"]
@@ -115,7 +115,7 @@ class Chain(Bijection):
         and permutations, without autograd or hooks) run as one compiled call.
         """
         total = x.new_zeros(x.shape[0])
-        fusing = not torch.is_grad_enabled() and not _global_hooks()
+        fusing = not torch.is_grad_enabled() and not _global_hooks() and not autocast_enabled()
         run: list[tuple[Any, ...]] = []
         for layer in layers:
             spec = layer._fused_spec() if fusing else None

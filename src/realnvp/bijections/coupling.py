@@ -171,7 +171,8 @@ class AffineCoupling(Coupling):
         """Plain conditioner, no context, no autograd: the TorchScript kernels apply."""
         return (not torch.is_grad_enabled() and not self.context_features
                 and self.activation in FUSED_ACTIVATIONS
-                and not self.conditioner._forward_hooks)
+                and not self.conditioner._forward_hooks
+                and not self.conditioner._forward_pre_hooks)
 
     def _halves(self) -> tuple[Tensor, Tensor, list[int], list[int]]:
         """The kernels' description of the halves: indices, and views where they exist."""
@@ -199,8 +200,10 @@ class AffineCoupling(Coupling):
         return super().inverse(z, context)
 
     def _fused_spec(self) -> tuple[Any, ...] | None:
-        if not self._scripted() or self._forward_hooks or self._forward_pre_hooks:
-            return None
+        if (not self._scripted() or self._forward_hooks or self._forward_pre_hooks
+                or type(self).forward is not AffineCoupling.forward
+                or type(self).inverse is not AffineCoupling.inverse):
+            return None  # a subclass's own forward/inverse must run
         return (COUPLING, *self._halves(), *self._kernel_args())
 
     def _forward_transformed(

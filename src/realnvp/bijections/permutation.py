@@ -38,8 +38,10 @@ class Permutation(Bijection):
         return z.index_select(1, self.inverse_permutation), z.new_zeros(z.shape[0])
 
     def _fused_spec(self) -> tuple[Any, ...] | None:
-        if self._forward_hooks or self._forward_pre_hooks:
-            return None
+        if (self._forward_hooks or self._forward_pre_hooks
+                or type(self).forward is not Permutation.forward
+                or type(self).inverse is not Permutation.inverse):
+            return None  # a subclass's own forward/inverse must run
         return (PERMUTE, self.permutation, self.inverse_permutation, [], [], [], 0.0, 0.0, [],
                 False)
 

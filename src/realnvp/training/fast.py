@@ -26,9 +26,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from realnvp.bijections import AffineCoupling, Permutation, Standardize
+from realnvp.bijections import Standardize
 from realnvp.bijections._blocks import on_threads
-from realnvp.bijections._fused import FUSED_ACTIVATIONS
 from realnvp.bijections._kernels import PERMUTE, kernels, use_onednn
 from realnvp.distributions import DiagonalNormal, StandardNormal
 from realnvp.flow import Flow
@@ -37,20 +36,20 @@ __all__ = ["SPLIT_ROWS", "FastStep", "fast_step_for", "split_rows"]
 
 
 def fast_step_for(flow: Flow) -> FastStep | None:
-    """A :class:`FastStep` for ``flow``, or None when it has layers the step cannot do."""
+    """A :class:`FastStep` for ``flow``, or None when it has layers the step cannot do.
+
+    The step can do a standardisation first, then affine couplings and permutations that
+    the compiled chain kernels take as they are (their ``_fused_spec()``: ReLU or tanh
+    conditioners, no context, no hooks, no overridden ``forward``/``inverse``).
+    """
     if type(flow.base) is not StandardNormal or isinstance(flow.base, DiagonalNormal):
         return None
-    layers = list(flow.bijection)
-    for i, layer in enumerate(layers):
-        if isinstance(layer, Standardize):
-            if i != 0:
+    with torch.no_grad():
+        for i, layer in enumerate(flow.bijection):
+            if isinstance(layer, Standardize) and i == 0:
+                continue
+            if layer._fused_spec() is None or isinstance(layer, Standardize):
                 return None
-        elif isinstance(layer, AffineCoupling):
-            if (layer.activation not in FUSED_ACTIVATIONS or layer.context_features
-                    or layer.conditioner._forward_hooks or layer._forward_hooks):
-                return None
-        elif not isinstance(layer, Permutation):
-            return None
     return FastStep(flow)
 
 
@@ -75,12 +74,14 @@ class FastStep:
         self.dim = flow.dim
         self._chain: _Chain | None = None
 
-    def _stack(self) -> _Chain:
-        """The layers after the standardisation, as the chain kernels take them.
+    def _stack(self) -> _Chain | None:
+        """The layers after the standardisation, as the chain kernels take them, or None
+        when one of them no longer can (a hook added since, say).
 
         Gathered once (module attribute lookups cost more than a small layer's arithmetic)
         and gathered again when a ``.grad`` tensor has been replaced (as
-        ``zero_grad(set_to_none=True)`` does), or a bound, dtype or device has changed.
+        ``zero_grad(set_to_none=True)`` does), a bound, dtype or device has changed, or a
+        hook has been added.
         """
         chain = self._chain
         if chain is not None and chain.valid():
@@ -90,24 +91,24 @@ class FastStep:
             if isinstance(layer, Standardize):
                 continue
             spec = layer._fused_spec()
-            if spec is None:  # fast_step_for checked the layers; only hooks added since
-                raise RuntimeError(f"{type(layer).__name__} can no longer take the fast step")
+            if spec is None:
+                return None
             params = spec[5]
             grads = [p.grad for p in params]
             if any(g is None for g in grads):
                 raise RuntimeError("FastStep writes into existing .grad tensors; give every "
                                    "parameter a .grad first")
-            chain.add(spec, grads)
-            if spec[0] != PERMUTE:
-                chain.checks.append((layer, layer._constants_key(params[-1]), params, grads))
+            chain.add(layer, spec, grads)
         self._chain = chain
         return chain
 
-    def __call__(self, x: Tensor) -> Tensor:
+    def __call__(self, x: Tensor) -> Tensor | None:
+        """The batch's mean NLL, its gradient written into ``.grad``; None (nothing done)
+        when a layer can no longer take this step: the caller then uses autograd."""
         with torch.no_grad():
             return self._step(x)
 
-    def _step(self, x: Tensor) -> Tensor:
+    def _step(self, x: Tensor) -> Tensor | None:
         k = kernels(x.device)
         batch = x.shape[0]
         h = x
@@ -117,6 +118,8 @@ class FastStep:
             h = (h - first.loc) / first.scale
             const = const + float(first.scale.log().sum())
         c = self._stack()
+        if c is None:
+            return None
         parts = _parts(x)
         if parts == 1:
             return self._part(k, c, h, c.grads, batch) / batch + const
@@ -188,14 +191,16 @@ class _Chain:
         self.consts: list[list[Tensor]] = []
         self.relus: list[bool] = []
         self._spares: list[list[list[Tensor]]] = []
+        self.layers: list[Any] = []
         # Per coupling: (layer, what its constants depend on, params, grads) when gathered.
         self.checks: list[tuple[Any, tuple[Any, ...], list[Tensor], list[Tensor]]] = []
 
     def valid(self) -> bool:
         """Whether the gathered arguments still describe the layers."""
-        return all(layer._constants_key(params[-1]) == key
-                   and all(p.grad is g for p, g in zip(params, grads, strict=True))
-                   for layer, key, params, grads in self.checks)
+        return (not _hooked(self.layers)
+                and all(layer._constants_key(params[-1]) == key
+                        and all(p.grad is g for p, g in zip(params, grads, strict=True))
+                        for layer, key, params, grads in self.checks))
 
     def spare_grads(self, n: int) -> list[list[list[Tensor]]]:
         """``n`` sets of buffers shaped like :attr:`grads`, for the other threads' parts."""
@@ -203,11 +208,21 @@ class _Chain:
             self._spares.append([[torch.empty_like(g) for g in layer] for layer in self.grads])
         return self._spares[:n]
 
-    def add(self, spec: tuple[Any, ...], grads: list[Tensor]) -> None:
-        """Append a layer given by its ``_fused_spec()`` and its parameters' gradients."""
+    def add(self, layer: Any, spec: tuple[Any, ...], grads: list[Tensor]) -> None:
+        """Append a layer, given by its ``_fused_spec()``, and its parameters' gradients."""
         for name, value in zip(_SPEC_FIELDS, spec, strict=True):
             getattr(self, name).append(value)
         self.grads.append(grads)
+        self.layers.append(layer)
+        if spec[0] != PERMUTE:
+            params = spec[5]
+            self.checks.append((layer, layer._constants_key(params[-1]), params, grads))
+
+
+def _hooked(layers: list[Any]) -> bool:
+    """Whether a layer, or a coupling's conditioner, has a hook (added after gathering)."""
+    modules = [*layers, *(m.conditioner for m in layers if hasattr(m, "conditioner"))]
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
 
 _SPEC_FIELDS = ("kinds", "kept", "transformed", "kept_views", "transformed_views", "params",

@@ -257,11 +257,14 @@ class TrainStep:
 
     def __call__(self, x: Tensor) -> tuple[Tensor, str | None]:
         # The fast path computes the loss and writes the gradients into the flat buffer.
-        loss = self.fast(x) if self.fast is not None else _loss(self.flow, x)
+        loss = self.fast(x) if self.fast is not None else None
+        fast = loss is not None
+        if loss is None:
+            loss = _loss(self.flow, x)
         if not torch.isfinite(loss):
             self.flat.zero_grad()
             return loss.detach(), f"non-finite loss ({float(loss)})"
-        if self.fast is None:
+        if not fast:
             self.flat.zero_grad()
             loss.backward()
         if self.clip_grad > 0:
@@ -361,8 +364,8 @@ def fit(
     the weights with the best validation NLL are restored at the end, and ``patience``
     validations without improvement stop early. The flow's :class:`Standardize` layer is set
     from the training rows first, so ``log_prob`` stays in the data's units. Deterministic
-    for a given ``seed`` on the CPU; with ``checkpoint_dir`` a resumable checkpoint is
-    written atomically every ``checkpoint_every`` steps and at the end.
+    for a given ``seed`` and thread count on the CPU; with ``checkpoint_dir`` a resumable
+    checkpoint is written atomically every ``checkpoint_every`` steps and at the end.
 
     Rounded data: with ``dequantize="auto"`` a column whose values sit on a grid of step
     ``h`` with many repeats (see :func:`lattice_steps`) gets uniform noise on
