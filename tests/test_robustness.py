@@ -607,3 +607,22 @@ def test_every_public_function_rejects_bad_input_in_one_line_and_writes_nothing(
     assert "\n" not in str(info.value)
     assert _tree(workdir) == before
     assert not (workdir / "pwned").exists()
+
+
+@pytest.mark.parametrize("case", ["not-a-run", "holds-the-data"])
+def test_force_never_deletes_a_folder_that_is_not_a_run_or_holds_the_data(
+    workdir: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    folder = workdir / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("precious")
+    (folder / "data.csv").write_bytes((workdir / "ok.csv").read_bytes())
+    if case == "holds-the-data":
+        (folder / "config.json").write_text("{}")  # looks like a run
+    before = _tree(folder)
+    args = ["train", "--data", str(folder / "data.csv"), *TINY, "--out", str(folder),
+            "--force"]
+    code, out, err = _main(args, capsys)
+    _assert_one_clear_line(code, out, err, "not a realnvp run folder" if case == "not-a-run"
+                           else "holds the data file")
+    assert _tree(folder) == before

@@ -91,7 +91,8 @@ def _config_help(name: str) -> str:
 @click.option("--n-train", type=int, default=None, help=_config_help("n_train"))
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Run folder to write. [default: runs/<data name>]")
-@click.option("--force", is_flag=True, help="Overwrite an existing run folder.")
+@click.option("--force", is_flag=True,
+              help="Replace an existing run folder (one with a config.json; never other folders).")
 @click.option("--resume", type=click.Path(path_type=Path), default=None,
               help="Continue the run in this folder from its last checkpoint.")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True,

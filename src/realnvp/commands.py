@@ -73,7 +73,8 @@ def train(**opts: Any) -> Path:
     data = runs.load_data(str(run_opts["data"]), run_opts["columns"], config.n_train, config.seed)
     name = Path(str(run_opts["data"])).stem if data.toy is None else data.source["name"]
     out = Path(run_opts["out"]) if run_opts["out"] is not None else Path("runs") / name
-    runs.prepare_run_dir(out, bool(opts.get("force")))
+    data_file = Path(str(run_opts["data"])) if data.toy is None else None
+    runs.prepare_run_dir(out, bool(opts.get("force")), data_file)
     from realnvp.training.fit import check_not_constant, check_representable
 
     check_not_constant(torch.as_tensor(data.x), data.columns)

@@ -92,14 +92,23 @@ def build_flow(config: TrainConfig, dim: int) -> Flow:
     )
 
 
-def prepare_run_dir(out: Path, force: bool) -> Path:
-    """Check that ``out`` may be written (refuse an existing run unless ``force``)."""
+def prepare_run_dir(out: Path, force: bool, data_file: Path | None = None) -> Path:
+    """Check that ``out`` may be written: refuse an existing run unless ``force``, and never
+    replace a non-empty folder that is not a run (no ``config.json``) or that holds
+    ``data_file``, the data being trained on: ``--force`` removes the old folder."""
     if out.exists():
         if not out.is_dir():
             raise ValueError(f"{out}: exists and is not a folder")
-        if any(out.iterdir()) and not force:
-            raise ValueError(f"{out}: run folder already exists; use --force to overwrite it "
-                             "or --out to choose another")
+        if any(out.iterdir()):
+            if not force:
+                raise ValueError(f"{out}: run folder already exists; use --force to overwrite "
+                                 "it or --out to choose another")
+            if not (out / CONFIG_FILE).is_file():
+                raise ValueError(f"{out}: not a realnvp run folder (no {CONFIG_FILE}); --force "
+                                 "only replaces runs, so choose another --out")
+            if data_file is not None and out.resolve() in data_file.resolve().parents:
+                raise ValueError(f"{out}: holds the data file {data_file}; --force would "
+                                 "delete it, so choose another --out")
     parent = out.parent
     if parent.exists() and not parent.is_dir():
         raise ValueError(f"{parent}: not a folder")
