@@ -58,3 +58,18 @@ def test_small_batches_train_on_one_thread_unless_split_into_row_parts(
         assert seen == threads and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_one_extreme_outlier_does_not_flatten_the_column() -> None:
+    """A 1e12 typed among values near 1 used to set the scale, so every ordinary value
+    became the same float32 number: one density for all of them, outliers included."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 2, generator=g)
+    x[7, 0] = 1e12
+    flow = realnvp.RealNVP(dim=2, n_layers=4, hidden=(16, 16))
+    realnvp.fit(flow, x, steps=200, progress=False)
+    assert float(flow.standardize.scale[0]) < 2.0
+    with torch.no_grad():
+        lp = flow.log_prob(torch.tensor([[0.0, 0.0], [2.5, 0.0], [-1e6, 0.0]]))
+    assert float(lp[0] - lp[1]) > 0.5  # the bulk keeps a shape (was flat: 0; normal: 3.1)
+    assert float(lp[2]) < -1e6  # and a far value is an anomaly

@@ -7,7 +7,12 @@ from torch import Tensor
 
 from realnvp.bijections.base import Bijection
 
-__all__ = ["Standardize"]
+__all__ = ["OUTLIER_RATIO", "Standardize"]
+
+OUTLIER_RATIO = 10.0
+"""A column whose standard deviation exceeds this many robust scales (IQR / 1.349) is
+standardised by its median and robust scale instead (Gaussian data: a ratio near 1;
+lognormal with sigma 1: about 2)."""
 
 
 class Standardize(Bijection):
@@ -45,10 +50,36 @@ class Standardize(Bijection):
 
     @torch.no_grad()
     def fit(self, x: Tensor) -> Standardize:
-        """Set ``loc``/``scale`` to the mean and standard deviation of ``x`` (rows)."""
-        x = x.to(self.loc.dtype)
-        scale = x.std(0) if x.shape[0] > 1 else torch.ones_like(self.scale)
-        self.loc.copy_(x.mean(0))
+        """Set ``loc``/``scale`` from the rows of ``x``: per column the mean and standard
+        deviation, or the median and ``IQR / 1.349`` (the standard deviation of a normal
+        with that interquartile range) where the standard deviation is more than
+        :data:`OUTLIER_RATIO` times that robust scale.
+
+        A few extreme values (a 1e12 typed for a 1.2) inflate the standard deviation so
+        much that the bulk of the column collapses to one float32 number: the flow then
+        cannot tell the ordinary values apart, nor the outliers from them. Computed in
+        float64.
+
+        Example:
+            >>> x = torch.cat([torch.randn(999, 1), torch.tensor([[1e12]])])
+            >>> layer = Standardize.identity(1).fit(x)
+            >>> bool(layer.scale < 2), bool(Standardize.identity(1).fit(x[:999]).scale < 2)
+            (True, True)
+        """
+        x = x.detach().to(torch.float64)
+        if x.shape[0] < 2:
+            self.loc.copy_(x.mean(0))
+            self.scale.fill_(1.0)
+            self.initialized.fill_(True)
+            return self
+        mean, std = x.mean(0), x.std(0)
+        ordered = x.sort(0).values
+        n = x.shape[0]
+        median = ordered[(n - 1) // 2]
+        robust = (ordered[(3 * (n - 1)) // 4] - ordered[(n - 1) // 4]) / 1.349
+        use = (robust > 0) & (std > OUTLIER_RATIO * robust)
+        loc, scale = torch.where(use, median, mean), torch.where(use, robust, std)
+        self.loc.copy_(loc)
         self.scale.copy_(torch.where(scale > 0, scale, torch.ones_like(scale)))
         self.initialized.fill_(True)
         return self
