@@ -626,3 +626,40 @@ def test_force_never_deletes_a_folder_that_is_not_a_run_or_holds_the_data(
     _assert_one_clear_line(code, out, err, "not a realnvp run folder" if case == "not-a-run"
                            else "holds the data file")
     assert _tree(folder) == before
+
+
+def test_evaluate_on_a_file_matches_columns_by_name_and_tests_on_every_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    g = np.random.default_rng(0)
+    x = g.normal(size=(300, 2)) * [1.0, 3.0]
+    save_table(tmp_path / "ab.csv", x, ["a", "b"])
+    save_table(tmp_path / "ba.csv", x[:, ::-1], ["b", "a"])
+    save_table(tmp_path / "pq.csv", x, ["p", "q"])
+    np.save(tmp_path / "ab.npy", x)
+    realnvp.cli.main(["train", "--data", "ab.csv", *TINY, "--out", "run"])
+    capsys.readouterr()
+    nll = {}
+    for name in ("ab.csv", "ba.csv", "ab.npy"):
+        realnvp.cli.main(["evaluate", "run", "--data", name, "--no-baselines"])
+        (row,) = json.loads((tmp_path / "run" / "evaluation.json").read_text())
+        assert row["n_test"] == 300  # every row of the file is a test row
+        nll[name] = row["nll"]
+    capsys.readouterr()
+    assert nll["ba.csv"] == pytest.approx(nll["ab.csv"]) == pytest.approx(nll["ab.npy"])
+    code, out, err = _main(["evaluate", "run", "--data", "pq.csv", "--no-baselines"], capsys)
+    _assert_one_clear_line(code, out, err, r"pq.csv: no column 'a'.*trained on a, b")
+
+
+def test_evaluate_says_when_there_were_no_held_out_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    save_table(tmp_path / "five.csv", np.random.default_rng(0).normal(size=(5, 2)), ["a", "b"])
+    realnvp.cli.main(["train", "--data", "five.csv", *TINY, "--out", "run"])
+    capsys.readouterr()
+    realnvp.cli.main(["evaluate", "run", "--no-baselines"])
+    assert "too few for a held-out split" in capsys.readouterr().err

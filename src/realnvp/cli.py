@@ -151,8 +151,10 @@ def score(run: Path, file: Path, columns: str | None, out: Path | None,
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--data", default=None, help="Data to evaluate on (a toy name or a file); "
               "default: the run's own data (fresh samples for a toy, the held-out split for "
-              "a file).")
-@click.option("--columns", default=None, help="Columns of the file to use.")
+              "a file). A file given here is the test set, every row of it; the baselines "
+              "still fit on the run's own training split.")
+@click.option("--columns", default=None, help="Columns of the file to use (default: the "
+              "training columns, by name, when the file has names; else by position).")
 @click.option("--n-test", type=int, default=20000, show_default=True,
               help="Test rows drawn from a toy.")
 @click.option("--no-baselines", is_flag=True, help="Skip the GaussianMixture/KDE baselines.")

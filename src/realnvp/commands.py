@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import sys
 import time
@@ -259,6 +260,25 @@ def _run_columns(run: Path, dim: int) -> list[str]:
     return [f"x{i}" for i in range(dim)]
 
 
+def _default_columns(run: Path, file: str | Path, dim: int) -> str | None:
+    """The run's training columns, to pick from a file by name; None (by position) when
+    the run's columns had no names or the file has none (NPY, a header-less table)."""
+    from realnvp.datasets.files import iter_table_chunks
+
+    trained = _run_columns(run, dim)
+    if all(re.fullmatch(r"x\d+", c) for c in trained) or trained == ["x", "y"]:
+        return None
+    names, _ = iter_table_chunks(file, chunk_rows=1)
+    if all(re.fullmatch(r"x\d+", c) for c in names):
+        return None
+    missing = [c for c in trained if c not in names]
+    if missing:
+        raise ValueError(f"{file}: no column {missing[0]!r} (columns: {', '.join(names[:20])});"
+                         f" the model was trained on {', '.join(trained)}: pass --columns to "
+                         "pick columns by name or 0-based index")
+    return ",".join(trained)
+
+
 def _check_output(out: Path | None) -> None:
     if out is None:
         return
@@ -281,8 +301,7 @@ def score(run: Path, file: Path, columns: str | None, out: Path | None,
         threshold = _outlier_threshold(run, contamination)
     flow = load(run)
     if columns is None:
-        trained = _run_columns(run, flow.dim)
-        columns = ",".join(trained) if not trained[0].startswith("x") else None
+        columns = _default_columns(run, file, flow.dim)
     _check_output(out)
     names, chunks = iter_table_chunks(file, columns=columns, n_columns=flow.dim,
                                       chunk_rows=chunk_rows)
@@ -350,21 +369,41 @@ def evaluate(run: Path, data_spec: str | None, columns: str | None, n_test: int,
     flow, record = runs.load_run(run)
     config = TrainConfig.from_dict(record["config"])
     source = record["data"]
-    if data_spec is None:
+    given = None  # a file to test on: all its rows; the baselines fit on the run's data
+    if data_spec is None or source.get("kind") == "toy" and data_spec == source.get("name"):
         data = runs.reload_data(source, config)
-    else:
+    elif runs.is_toy_name(data_spec):
         data = runs.load_data(data_spec, columns, n_test, config.seed + 20_000, flow.dim)
-    if data.x.shape[1] != flow.dim:
-        raise ValueError(f"Expected {flow.dim} columns; got {data.x.shape[1]}")
+    else:
+        if columns is None:
+            columns = _default_columns(run, data_spec, flow.dim)
+        given = runs.load_data(data_spec, columns, n_columns=flow.dim)
+        if no_baselines:
+            data = given
+        else:
+            try:
+                data = runs.reload_data(source, config)
+            except (OSError, ValueError) as e:
+                raise ValueError(f"the baselines fit on the run's own data, which could not "
+                                 f"be read ({e}); pass --no-baselines") from None
+    for d in (data, given):
+        if d is not None and d.x.shape[1] != flow.dim:
+            raise ValueError(f"Expected {flow.dim} columns; got {d.x.shape[1]}")
     generator = torch.Generator().manual_seed(int(config.seed))
     train_rows, val_rows = split(torch.as_tensor(data.x), config.val_fraction, generator)
     train, val = train_rows.numpy(), (val_rows if val_rows is not None else train_rows).numpy()
     toy = data.toy
-    if toy is not None:
+    if given is not None:
+        test, truth = given.x, None
+    elif toy is not None:
         xt, _ = toy.sample(int(n_test), seed=int(source.get("seed", 0)) + 10_000)
         test, truth = xt.numpy(), toy.log_prob
     else:
         test, truth = val, None
+        if val_rows is None:
+            click.echo(f"warning: {data.x.shape[0]} rows are too few for a held-out split; "
+                       "these figures are on the training rows, so they flatter the model",
+                       err=True)
     if no_baselines:
         results = m.evaluate_flow(flow, test, None if truth is None else
                                   truth(torch.as_tensor(test)).numpy())

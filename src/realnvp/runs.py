@@ -65,6 +65,13 @@ def load_data(spec: str, columns: Any = None, n: int = 20000, seed: int = 0,
     return Data(table.data, None, list(table.columns), source)
 
 
+def is_toy_name(spec: str) -> bool:
+    """Whether ``spec`` names a toy data set (and no file of that name exists)."""
+    from realnvp.datasets import TOYS
+
+    return spec in TOYS and not Path(spec).exists()
+
+
 def reload_data(source: dict[str, Any], config: TrainConfig) -> Data:
     """The rows a run was trained on, from the ``data`` entry of its ``config.json``."""
     if source["kind"] == "toy":
