@@ -208,6 +208,8 @@ CLI_CASES = [
     case("sample-negative", "sample", "run", "-n", "-3", match=r"Expected -n >= 1; got -3"),
     case("score-zero-chunk", "score", "run", "ok.csv", "--chunk-rows", "0",
          match=r"Expected --chunk-rows >= 1"),
+    case("score-out-parquet", "score", "run", "ok.csv", "--out", "scored.parquet",
+         match=r"scored\.parquet: score streams its rows out as CSV"),
     case("score-bad-contamination", "score", "run", "ok.csv", "--contamination", "0",
          match=r"Expected 0 < --contamination < 0\.5"),
     case("evaluate-zero-test-rows", "evaluate", "run", "--n-test", "0", "--no-baselines",

@@ -303,6 +303,8 @@ def score(run: Path, file: Path, columns: str | None, out: Path | None,
     if columns is None:
         columns = _default_columns(run, file, flow.dim)
     _check_output(out)
+    if out is not None and out.suffix.lower() != ".csv":
+        raise ValueError(f"{out}: score streams its rows out as CSV; give --out a .csv name")
     names, chunks = iter_table_chunks(file, columns=columns, n_columns=flow.dim,
                                       chunk_rows=chunk_rows)
     from tqdm.auto import tqdm
