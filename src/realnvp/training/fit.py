@@ -361,7 +361,8 @@ def fit(
     a linear warm-up then cosine decay of the learning rate, gradient-norm clipping and a
     guard that skips any step whose loss or gradient is not finite (and stops after
     ``max_bad_steps`` in a row). A ``val_fraction`` of the rows (or ``val_data``) is held out;
-    the weights with the best validation NLL are restored at the end, and ``patience``
+    the weights with the best validation NLL, the starting ones included, are restored at
+    the end, and ``patience``
     validations without improvement stop early. The flow's :class:`Standardize` layer is set
     from the training rows first, so ``log_prob`` stays in the data's units. Deterministic
     for a given ``seed`` and thread count on the CPU; with ``checkpoint_dir`` a resumable
@@ -435,6 +436,14 @@ def fit(
                            dtype=dtype)
         val_eval = val_eval + (fixed.to(dev) - 0.5) * noise
 
+    if start_step == 0 and val_eval is not None:
+        # The starting flow (a Gaussian fitted by the standardisation) is a candidate too:
+        # on a few dozen rows every later weight may fit the validation rows worse.
+        flow.eval()
+        start_nll = mean_nll(flow, val_eval)
+        if math.isfinite(start_nll):
+            history.best_val_nll, history.best_step = start_nll, 0
+            best_state = {k: v.detach().clone() for k, v in flow.state_dict().items()}
     bar = _progress_bar(steps, start_step, progress)
     flow.train()
     t0 = time.perf_counter() - history.seconds
