@@ -110,6 +110,9 @@ def prepare_run_dir(out: Path, force: bool, data_file: Path | None = None) -> Pa
             if not force:
                 raise ValueError(f"{out}: run folder already exists; use --force to overwrite "
                                  "it or --out to choose another")
+            if out.resolve() == Path.cwd().resolve():
+                raise ValueError(f"{out}: is the current folder; --force will not replace it, "
+                                 "so choose another --out")
             if not (out / CONFIG_FILE).is_file():
                 raise ValueError(f"{out}: not a realnvp run folder (no {CONFIG_FILE}); --force "
                                  "only replaces runs, so choose another --out")

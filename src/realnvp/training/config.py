@@ -125,6 +125,9 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
         return str(value)
     except (TypeError, ValueError):
         kind = type(default).__name__
+        if isinstance(default, tuple):
+            kind = "comma-separated whole numbers such as 64,64"
+            value = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value
         raise ValueError(f"{source}: option {name} expects {kind}; got {value!r}") from None
 
 
