@@ -669,3 +669,23 @@ def test_evaluate_says_when_there_were_no_held_out_rows(
     capsys.readouterr()
     realnvp.cli.main(["evaluate", "run", "--no-baselines"])
     assert "too few for a held-out split" in capsys.readouterr().err
+
+
+def test_samples_of_rounded_columns_are_put_back_on_their_grid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    g = np.random.default_rng(0)
+    counts = g.poisson(3, 400).astype(float)
+    halves = np.round(g.normal(0, 2, 400) * 2) / 2 + 0.25  # the grid ..., -0.25, 0.25, 0.75
+    save_table(tmp_path / "grid.csv", np.stack([counts, halves, g.normal(size=400)], 1),
+               ["count", "half", "z"])
+    realnvp.cli.main(["train", "--data", "grid.csv", *TINY, "--out", "run"])
+    for extra, on_grid in (([], True), (["--continuous"], False)):
+        realnvp.cli.main(["sample", "run", "-n", "200", "--out", "s.csv", *extra])
+        s = load_table(tmp_path / "s.csv").data
+        for j, (step, origin) in enumerate(((1.0, 0.0), (0.5, -4.75))):
+            cells = (s[:, j] - origin) / step
+            assert np.allclose(cells, np.round(cells), atol=1e-4) == on_grid
+        assert not np.allclose(s[:, 2], np.round(s[:, 2]))  # a continuous column stays so
+    capsys.readouterr()

@@ -117,11 +117,13 @@ def train(**opts: Any) -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Write to this file (.csv, .tsv, .npy, .parquet) instead of standard output.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-def sample(run: Path, n_samples: int, out: Path | None, seed: int) -> None:
+@click.option("--continuous", is_flag=True, help="Keep columns that were rounded in the "
+              "training data continuous (default: round them back onto their grid).")
+def sample(run: Path, n_samples: int, out: Path | None, seed: int, continuous: bool) -> None:
     """Draw samples from a trained model (a run folder or a model file)."""
     from realnvp import commands
 
-    commands.sample(run, n_samples, out, seed)
+    commands.sample(run, n_samples, out, seed, continuous)
 
 
 @cli.command()

@@ -171,6 +171,9 @@ def _final_metrics(flow: Any, data: runs.Data, history: Any, seconds: float) -> 
         "val_nll": history.best_val_nll, "stopped": history.stopped,
         "skipped_steps": len(history.skipped_steps),
         "dequantized": {data.columns[j]: h for j, h in history.dequantized.items()},
+        # a point of each rounded column's grid, so samples can be put back on it
+        "dequantized_origin": {data.columns[j]: float(np.min(data.x[:, j]))
+                               for j in history.dequantized},
     }
     test = runs.toy_test_data(data)
     if test is not None:
@@ -230,8 +233,11 @@ def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
     click.echo(str(out))
 
 
-def sample(run: Path, n: int, out: Path | None, seed: int) -> None:
-    """``realnvp sample``."""
+def sample(run: Path, n: int, out: Path | None, seed: int, continuous: bool = False) -> None:
+    """``realnvp sample``: draws from the flow; columns that were rounded in the training
+    data (trained with dequantization noise) are rounded back onto their grid unless
+    ``continuous``: with noise uniform on a grid cell, rounding a draw of the fitted
+    density gives a draw of the rounded data's distribution."""
     from realnvp.io import load
 
     if n < 1:
@@ -242,6 +248,9 @@ def sample(run: Path, n: int, out: Path | None, seed: int) -> None:
     generator = torch.Generator().manual_seed(int(seed))
     with torch.inference_mode():
         x = flow.sample(int(n), generator=generator).numpy()
+    if not continuous:
+        for j, (step, origin) in _grids(run, columns).items():
+            x[:, j] = origin + step * np.round((x[:, j] - origin) / step)
     if out is None:
         _write_block(sys.stdout, columns, x, {}, header=True)
         return
@@ -249,6 +258,17 @@ def sample(run: Path, n: int, out: Path | None, seed: int) -> None:
 
     save_table(out, x, columns)
     click.echo(str(out), err=True)
+
+
+def _grids(run: Path, columns: list[str]) -> dict[int, tuple[float, float]]:
+    """Column index -> (grid step, a grid point) of the run's dequantized columns."""
+    path = run / "metrics.json" if run.is_dir() else None
+    if path is None or not path.is_file():
+        return {}
+    metrics = json.loads(path.read_text())
+    steps, origins = metrics.get("dequantized") or {}, metrics.get("dequantized_origin") or {}
+    return {columns.index(c): (float(steps[c]), float(origins[c]))
+            for c in steps if c in origins and c in columns and float(steps[c]) > 0}
 
 
 def _run_columns(run: Path, dim: int) -> list[str]:
