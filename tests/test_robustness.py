@@ -689,3 +689,20 @@ def test_samples_of_rounded_columns_are_put_back_on_their_grid(
             assert np.allclose(cells, np.round(cells), atol=1e-4) == on_grid
         assert not np.allclose(s[:, 2], np.round(s[:, 2]))  # a continuous column stays so
     capsys.readouterr()
+
+
+def test_train_warns_about_a_saved_row_index_and_a_run_that_never_improved(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    g = np.random.default_rng(0)
+    rows = np.column_stack([np.arange(60.0), g.normal(size=(60, 2))])
+    save_table(tmp_path / "indexed.csv", rows, ["column0", "a", "b"])
+    realnvp.cli.main(["train", "--data", "indexed.csv", *TINY, "--out", "run"])
+    err = capsys.readouterr().err
+    assert "column 'column0' holds the row numbers" in err
+    assert "'a' holds" not in err
+    save_table(tmp_path / "few.csv", g.normal(size=(40, 2)), ["a", "b"])
+    realnvp.cli.main(["train", "--data", "few.csv", "--steps", "200", "--lr", "0.05",
+                      "--no-plots", "--quiet", "--out", "run2"])
+    assert "no step improved on the starting Gaussian" in capsys.readouterr().err

@@ -72,6 +72,10 @@ def train(**opts: Any) -> Path:
     if opts.get("checkpoint_every", 500) < 1:
         raise ValueError(f"Expected --checkpoint-every >= 1; got {opts['checkpoint_every']}")
     data = runs.load_data(str(run_opts["data"]), run_opts["columns"], config.n_train, config.seed)
+    for j in _row_number_columns(data.x):
+        click.echo(f"warning: column {data.columns[j]!r} holds the row numbers (an index "
+                   "saved with the table?); it is modelled like the others: drop it or pick "
+                   "--columns", err=True)
     name = Path(str(run_opts["data"])).stem if data.toy is None else data.source["name"]
     out = Path(run_opts["out"]) if run_opts["out"] is not None else Path("runs") / name
     data_file = Path(str(run_opts["data"])) if data.toy is None else None
@@ -228,6 +232,9 @@ def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
     if metrics.get("dequantized"):
         cols = ", ".join(f"{c} (step {h:g})" for c, h in metrics["dequantized"].items())
         lines.append(f"rounded columns, trained with uniform dequantization noise: {cols}")
+    if metrics.get("best_step") == 0 and metrics.get("steps_run"):
+        lines.append("warning: no step improved on the starting Gaussian, which is kept; with "
+                     "few rows that is the best estimate, otherwise try a lower --lr")
     for line in lines:
         click.echo(line, err=True)
     click.echo(str(out))
@@ -269,6 +276,16 @@ def _grids(run: Path, columns: list[str]) -> dict[int, tuple[float, float]]:
     steps, origins = metrics.get("dequantized") or {}, metrics.get("dequantized_origin") or {}
     return {columns.index(c): (float(steps[c]), float(origins[c]))
             for c in steps if c in origins and c in columns and float(steps[c]) > 0}
+
+
+def _row_number_columns(x: np.ndarray) -> list[int]:
+    """Columns that are exactly 0, 1, ..., n-1 (or 1, ..., n): a saved row index."""
+    n = x.shape[0]
+    if n < 3:
+        return []
+    steps = np.arange(n, dtype=x.dtype)
+    return [j for j in range(x.shape[1])
+            if x[0, j] in (0, 1) and np.array_equal(x[:, j] - x[0, j], steps)]
 
 
 def _run_columns(run: Path, dim: int) -> list[str]:
