@@ -72,10 +72,6 @@ def train(**opts: Any) -> Path:
     if opts.get("checkpoint_every", 500) < 1:
         raise ValueError(f"Expected --checkpoint-every >= 1; got {opts['checkpoint_every']}")
     data = runs.load_data(str(run_opts["data"]), run_opts["columns"], config.n_train, config.seed)
-    for j in _row_number_columns(data.x):
-        click.echo(f"warning: column {data.columns[j]!r} holds the row numbers (an index "
-                   "saved with the table?); it is modelled like the others: drop it or pick "
-                   "--columns", err=True)
     name = Path(str(run_opts["data"])).stem if data.toy is None else data.source["name"]
     out = Path(run_opts["out"]) if run_opts["out"] is not None else Path("runs") / name
     data_file = Path(str(run_opts["data"])) if data.toy is None else None
@@ -85,6 +81,10 @@ def train(**opts: Any) -> Path:
     check_not_constant(torch.as_tensor(data.x), data.columns)
     flow = runs.build_flow(config, data.x.shape[1])
     check_representable(torch.as_tensor(data.x), flow.base._anchor.dtype, data.columns)
+    for j in _row_number_columns(data.x):
+        click.echo(f"warning: column {data.columns[j]!r} holds the row numbers (an index "
+                   "saved with the table?); it is modelled like the others: drop it or pick "
+                   "--columns", err=True)
     old = None  # with --force, the run being replaced waits here until the new one is made
     if opts.get("force") and out.exists():
         old = out.with_name(f".{out.name}.replaced")
@@ -281,7 +281,7 @@ def _grids(run: Path, columns: list[str]) -> dict[int, tuple[float, float]]:
 def _row_number_columns(x: np.ndarray) -> list[int]:
     """Columns that are exactly 0, 1, ..., n-1 (or 1, ..., n): a saved row index."""
     n = x.shape[0]
-    if n < 3:
+    if n < 20:
         return []
     steps = np.arange(n, dtype=x.dtype)
     return [j for j in range(x.shape[1])
