@@ -12,12 +12,9 @@ from realnvp.bijections._fused import FUSED_ACTIVATIONS, fused_affine
 from realnvp.bijections._kernels import (
     COUPLING,
     bound_constants,
-    hidden_width,
-    kernels,
     merge_columns,
+    run_chain,
     take_columns,
-    use_onednn,
-    workspace,
 )
 from realnvp.bijections.base import Bijection
 from realnvp.nn import MLP
@@ -184,27 +181,25 @@ class AffineCoupling(Coupling):
                 self._constants(params[-1]), self.activation == "relu")
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self._scripted():  # scoring and sampling: one compiled call per layer
-            args = self._kernel_args()
-            work = workspace(x.shape[0], hidden_width(args[0]), x)
-            z, log_det, _ = kernels(x.device).forward(x, *self._halves(), *args, use_onednn(x),
-                                                      work)
-            return z, log_det
+        if self._scripted():  # scoring and sampling: the compiled kernels
+            return run_chain([self._kernel_spec()], x, inverse=False)
         return super().forward(x, context)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self._scripted():
-            args = self._kernel_args()
-            work = workspace(z.shape[0], hidden_width(args[0]), z)
-            return kernels(z.device).inverse(z, *self._halves(), *args, use_onednn(z), work)
+            return run_chain([self._kernel_spec()], z, inverse=True)
         return super().inverse(z, context)
+
+    def _kernel_spec(self) -> tuple[Any, ...]:
+        """This coupling as an entry of the chain kernels (see :func:`run_chain`)."""
+        return (COUPLING, *self._halves(), *self._kernel_args())
 
     def _fused_spec(self) -> tuple[Any, ...] | None:
         if (not self._scripted() or self._forward_hooks or self._forward_pre_hooks
                 or type(self).forward is not AffineCoupling.forward
                 or type(self).inverse is not AffineCoupling.inverse):
             return None  # a subclass's own forward/inverse must run
-        return (COUPLING, *self._halves(), *self._kernel_args())
+        return self._kernel_spec()
 
     def _forward_transformed(
         self, x1: Tensor, x2: Tensor, context: Tensor | None

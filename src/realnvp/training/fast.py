@@ -48,7 +48,7 @@ def fast_step_for(flow: Flow) -> FastStep | None:
         for i, layer in enumerate(flow.bijection):
             if isinstance(layer, Standardize) and i == 0:
                 continue
-            if layer._fused_spec() is None or isinstance(layer, Standardize):
+            if layer._fused_spec() is None:  # a later Standardize has none either
                 return None
     return FastStep(flow)
 
@@ -86,19 +86,21 @@ class FastStep:
         chain = self._chain
         if chain is not None and chain.valid():
             return chain
-        chain = _Chain()
+        layers, specs, grads = [], [], []
         for layer in self.layers:
             if isinstance(layer, Standardize):
                 continue
             spec = layer._fused_spec()
             if spec is None:
                 return None
-            params = spec[5]
-            grads = [p.grad for p in params]
-            if any(g is None for g in grads):
+            layer_grads = [p.grad for p in spec[5]]
+            if any(g is None for g in layer_grads):
                 raise RuntimeError("FastStep writes into existing .grad tensors; give every "
                                    "parameter a .grad first")
-            chain.add(layer, spec, grads)
+            layers.append(layer)
+            specs.append(spec)
+            grads.append(layer_grads)
+        chain = _Chain(layers, specs, grads)
         self._chain = chain
         return chain
 
@@ -137,15 +139,13 @@ class FastStep:
     def _part(k: Any, c: _Chain, h: Tensor, grads: list[list[Tensor]], batch: int) -> Tensor:
         """Forward and backward of rows ``h`` of a batch of ``batch``; writes their share of
         the gradient into ``grads`` and returns their summed loss (less the constant)."""
+        columns = c.columns  # kinds, the halves (4), params, bounds (2), consts, relus
         with torch.no_grad():
-            halves = (c.kinds, c.kept, c.transformed, c.kept_views, c.transformed_views)
-            z, log_det, tapes = k.train_forward(h, *halves, c.params, c.input_bounds,
-                                                c.scale_bounds, c.consts, c.relus,
-                                                use_onednn(h))
+            z, log_det, tapes = k.train_forward(h, *columns, use_onednn(h))
             total = 0.5 * z.square().sum() - log_det.sum()
             g_log_det = torch.full((), -1.0 / batch, dtype=z.dtype, device=z.device)
-            k.train_backward(z * (1.0 / batch), *halves, c.params, grads, tapes, g_log_det,
-                             c.consts, c.relus)
+            k.train_backward(z * (1.0 / batch), *columns[:6], grads, tapes, g_log_det,
+                             columns[8], columns[9])
         return total
 
 
@@ -176,24 +176,21 @@ def _parts(x: Tensor) -> int:
 
 
 class _Chain:
-    """Per-layer arguments of the chain kernels, as parallel lists."""
+    """The layers after the standardisation as the chain kernels take them: their
+    ``_fused_spec()`` entries as per-argument lists (:attr:`columns`, in the kernels'
+    argument order), and their parameters' gradients."""
 
-    def __init__(self) -> None:
-        self.kinds: list[int] = []
-        self.kept: list[Tensor] = []
-        self.transformed: list[Tensor] = []
-        self.kept_views: list[list[int]] = []
-        self.transformed_views: list[list[int]] = []
-        self.params: list[list[Tensor]] = []
-        self.grads: list[list[Tensor]] = []
-        self.input_bounds: list[float] = []
-        self.scale_bounds: list[float] = []
-        self.consts: list[list[Tensor]] = []
-        self.relus: list[bool] = []
+    def __init__(self, layers: list[Any], specs: list[tuple[Any, ...]],
+                 grads: list[list[Tensor]]) -> None:
+        self.layers = layers
+        self.columns = ([list(column) for column in zip(*specs, strict=True)] if specs
+                        else [[] for _ in range(10)])
+        self.grads = grads
         self._spares: list[list[list[Tensor]]] = []
-        self.layers: list[Any] = []
         # Per coupling: (layer, what its constants depend on, params, grads) when gathered.
-        self.checks: list[tuple[Any, tuple[Any, ...], list[Tensor], list[Tensor]]] = []
+        self.checks = [(layer, layer._constants_key(spec[5][-1]), spec[5], g)
+                       for layer, spec, g in zip(layers, specs, grads, strict=True)
+                       if spec[0] != PERMUTE]
 
     def valid(self) -> bool:
         """Whether the gathered arguments still describe the layers."""
@@ -208,22 +205,9 @@ class _Chain:
             self._spares.append([[torch.empty_like(g) for g in layer] for layer in self.grads])
         return self._spares[:n]
 
-    def add(self, layer: Any, spec: tuple[Any, ...], grads: list[Tensor]) -> None:
-        """Append a layer, given by its ``_fused_spec()``, and its parameters' gradients."""
-        for name, value in zip(_SPEC_FIELDS, spec, strict=True):
-            getattr(self, name).append(value)
-        self.grads.append(grads)
-        self.layers.append(layer)
-        if spec[0] != PERMUTE:
-            params = spec[5]
-            self.checks.append((layer, layer._constants_key(params[-1]), params, grads))
-
 
 def _hooked(layers: list[Any]) -> bool:
     """Whether a layer, or a coupling's conditioner, has a hook (added after gathering)."""
     modules = [*layers, *(m.conditioner for m in layers if hasattr(m, "conditioner"))]
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
-
-_SPEC_FIELDS = ("kinds", "kept", "transformed", "kept_views", "transformed_views", "params",
-                "input_bounds", "scale_bounds", "consts", "relus")
