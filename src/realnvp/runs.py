@@ -46,9 +46,9 @@ class Data:
 def load_data(spec: str, columns: Any = None, n: int = 20000, seed: int = 0,
               n_columns: int | None = None) -> Data:
     """A toy name (``moons``...) or a table file (CSV, TSV, NPY, Parquet) as float64 rows."""
-    from realnvp.datasets import TOYS, get_toy
+    from realnvp.datasets import get_toy
 
-    if spec in TOYS and not Path(spec).exists():
+    if is_toy_name(spec):
         if columns:
             raise ValueError(f"--columns applies to files; {spec!r} is a toy data set")
         x, labels = get_toy(spec).sample(int(n), seed=int(seed))

@@ -443,7 +443,7 @@ def fit(
         start_nll = mean_nll(flow, val_eval)
         if math.isfinite(start_nll):
             history.best_val_nll, history.best_step = start_nll, 0
-            best_state = {k: v.detach().clone() for k, v in flow.state_dict().items()}
+            best_state = _snapshot(flow)
     bar = _progress_bar(steps, start_step, progress)
     flow.train()
     t0 = time.perf_counter() - history.seconds
@@ -541,6 +541,11 @@ def _initialize(flow: Flow, train: Tensor) -> None:
             flow.bijection(train[:4096])
 
 
+def _snapshot(flow: Flow) -> dict[str, Tensor]:
+    """A copy of the flow's weights and buffers (the best ones so far)."""
+    return {k: v.detach().clone() for k, v in flow.state_dict().items()}
+
+
 def _loss(flow: Flow, xb: Tensor) -> Tensor:
     z, log_det = flow.bijection(xb)
     return -(flow.base.log_prob(z) + log_det).mean()
@@ -573,7 +578,7 @@ def _evaluate(
         flow.train()
         if math.isfinite(val_nll) and val_nll < history.best_val_nll:
             history.best_val_nll, history.best_step = val_nll, step
-            best_state = {k: v.detach().clone() for k, v in flow.state_dict().items()}
+            best_state = _snapshot(flow)
         elif patience and 1 + sum(r["step"] > history.best_step for r in history.records) >= (
             patience
         ):
