@@ -8,8 +8,9 @@ against each in turn, e.g. (from the repository root)::
     PYTHONPATH=/tmp/old/src .venv/bin/python benchmarks/step_time.py --layers 24 --hidden 32
     .venv/bin/python benchmarks/step_time.py --layers 24 --hidden 32
 
-``--compare FEATURE`` instead alternates a feature on and off in one process and prints the
-medians: ``blocks`` (scoring and sampling ``--points`` rows in the row blocks of
+``--score`` times ``log_prob`` of ``--points`` rows instead (for the same alternation
+between commits). ``--compare FEATURE`` alternates a feature on and off in one process and
+prints the medians: ``blocks`` (scoring and sampling ``--points`` rows in the row blocks of
 :mod:`realnvp.bijections._blocks`), ``workspace`` (the same with and without the reused
 activation buffers of :func:`realnvp.bijections._kernels.workspace`), ``split`` (training
 steps of ``--batch`` rows on ``--threads`` threads, split into row parts or whole:
@@ -71,14 +72,23 @@ def main() -> None:
                    help="torch threads (default: 1 for a TrainStep alone, else torch's)")
     p.add_argument("--blocks", action="store_true", help="same as --compare blocks")
     p.add_argument("--compare", choices=sorted(SWITCHES), help="a feature on and off")
+    p.add_argument("--score", action="store_true",
+                   help="time log_prob of --points rows instead of a TrainStep")
     p.add_argument("--points", type=int, default=8192)
     p.add_argument("--rounds", type=int, default=9)
     args = p.parse_args()
     flow = moved_flow(args.layers, args.hidden)
     feature = "blocks" if args.blocks else args.compare
     if args.threads is None:
-        args.threads = 1 if feature is None else torch.get_num_threads()
+        args.threads = 1 if feature is None and not args.score else torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    if feature is None and args.score:
+        x = torch.randn(args.points, 2, generator=torch.Generator().manual_seed(1))
+        with torch.inference_mode():
+            ms = best_ms(lambda: flow.log_prob(x), calls=max(20, 20000 // args.points))
+        print(f"log_prob {args.layers} x {args.hidden}-{args.hidden}, {args.points} points, "
+              f"{args.threads} thread(s): {ms:.2f} ms")
+        return
     if feature is None:
         step = TrainStep(flow, lr=1e-3)
         x = torch.randn(args.batch, 2, generator=torch.Generator().manual_seed(1))
