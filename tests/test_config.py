@@ -30,10 +30,19 @@ def test_spline_bins_and_bound_reach_the_flow() -> None:
     ({"bins": 1}, "Expected bins >= 2; got 1"),
     ({"spline_bound": 0.0}, "Expected spline_bound > 0; got 0.0"),
     ({"layers": 0}, "Expected layers >= 1; got 0"),
+    ({"weight_decay": -0.1}, "Expected weight_decay >= 0 or auto; got -0.1"),
+    ({"weight_decay": "heavy"}, "option weight_decay expects a number or auto; got 'heavy'"),
 ])
 def test_bad_values_are_refused_by_name(change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         TrainConfig.from_dict(change).validate()
+
+
+def test_weight_decay_is_auto_or_a_number() -> None:
+    assert TrainConfig().weight_decay == "auto"
+    assert TrainConfig.from_dict({"weight_decay": "AUTO"}).validate().weight_decay == "auto"
+    assert TrainConfig.from_dict({"weight_decay": "1e-3"}).validate().weight_decay == 1e-3
+    assert TrainConfig.from_dict({"weight_decay": 0}).validate().weight_decay == 0.0
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

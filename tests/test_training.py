@@ -76,9 +76,52 @@ def test_one_extreme_outlier_does_not_flatten_the_column() -> None:
 
 
 def test_the_starting_gaussian_is_kept_when_training_only_overfits() -> None:
-    """50 rows: every validation after step 0 was far worse (25-700 nats against 4.4)."""
+    """50 rows without weight decay: every validation after step 0 was far worse (25-700
+    nats against 4.4). The automatic weight decay keeps the later flows near that too."""
     x = torch.randn(50, 2, generator=torch.Generator().manual_seed(1)) * torch.tensor([1.0, 5.0])
     flow = realnvp.RealNVP(dim=2)
-    history = realnvp.fit(flow, x, steps=200, progress=False)
+    history = realnvp.fit(flow, x, steps=200, progress=False, weight_decay=0.0)
     assert history.best_step == 0 and history.best_val_nll < 5.0
-    assert all(r["val_nll"] > history.best_val_nll for r in history.records)
+    assert all(r["val_nll"] > history.best_val_nll + 1.0 for r in history.records)
+    decayed = realnvp.fit(realnvp.RealNVP(dim=2), x, steps=200, progress=False)
+    assert all(r["val_nll"] < 5.0 for r in decayed.records)
+
+
+def test_flushing_denormals_is_scoped_to_the_with_block_and_the_thread() -> None:
+    from realnvp.bijections._blocks import flushing_denormals, flushing_denormals_now
+
+    assert not flushing_denormals_now()
+    with flushing_denormals():
+        assert torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item() == 0.0
+        with flushing_denormals():  # nested: the inner exit leaves the outer's mode on
+            pass
+        assert flushing_denormals_now()
+    assert not flushing_denormals_now()
+    assert torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item() > 0.0
+
+
+def test_fit_flushes_denormals_only_while_it_trains() -> None:
+    from realnvp.bijections._blocks import flushing_denormals_now
+
+    seen: list[bool] = []
+    realnvp.fit(realnvp.RealNVP(dim=2, n_layers=1, hidden=(4,)), torch.randn(100, 2), steps=2,
+                progress=False,
+                callbacks=[lambda step, flow: seen.append(flushing_denormals_now())])
+    assert seen == [True, True]
+    assert not flushing_denormals_now()
+
+
+def test_auto_weight_decay_is_three_over_the_training_rows() -> None:
+    from realnvp.training.fit import resolve_weight_decay
+
+    flow = realnvp.RealNVP(dim=2, n_layers=1, hidden=(4,))
+    history = realnvp.fit(flow, torch.randn(300, 2), steps=2, progress=False)  # 270 train
+    assert history.weight_decay == pytest.approx(3 / 270)
+    assert realnvp.fit(flow, torch.randn(300, 2), steps=2, progress=False,
+                       weight_decay=0.0).weight_decay == 0.0
+    assert resolve_weight_decay("auto", 5000) == 3 / 5000
+    assert resolve_weight_decay("auto", 5001) == 0.0  # large data: none (see its docstring)
+    assert resolve_weight_decay(1e-4, 10) == 1e-4
+    for bad in (-1.0, float("nan"), "heavy"):
+        with pytest.raises(ValueError, match="Expected weight_decay >= 0 or 'auto'"):
+            resolve_weight_decay(bad, 10)  # type: ignore[arg-type]

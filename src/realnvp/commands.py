@@ -173,7 +173,7 @@ def _final_metrics(flow: Any, data: runs.Data, history: Any, seconds: float) -> 
         "train_seconds": round(seconds, 2), "steps_run": history.records[-1]["step"]
         if history.records else 0, "best_step": history.best_step,
         "val_nll": history.best_val_nll, "stopped": history.stopped,
-        "skipped_steps": len(history.skipped_steps),
+        "skipped_steps": len(history.skipped_steps), "weight_decay": history.weight_decay,
         "dequantized": {data.columns[j]: h for j, h in history.dequantized.items()},
         # a point of each rounded column's grid, so samples can be put back on it
         "dequantized_origin": {data.columns[j]: float(np.min(data.x[:, j]))

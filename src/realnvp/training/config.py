@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +38,9 @@ class TrainConfig:
     steps: int = _doc(3000, "Number of optimisation steps (upper bound with early stopping).")
     batch_size: int = _doc(512, "Rows per step.")
     lr: float = _doc(5e-3, "Peak learning rate of Adam.")
-    weight_decay: float = _doc(0.0, "Adam weight decay.")
+    weight_decay: float | str = _doc(
+        "auto", "Adam weight decay; auto: 3 / (training rows) up to 5000 training rows, "
+        "0 above (a prior on the weights against overfitting small data).")
     warmup: int = _doc(100, "Linear warm-up steps before the cosine decay.")
     min_lr_ratio: float = _doc(0.01, "Final learning rate as a fraction of the peak.")
     clip_grad: float = _doc(3.0, "Clip the gradient norm to this value (0 disables).")
@@ -93,6 +96,8 @@ class TrainConfig:
             raise ValueError(f"Expected bins >= 2; got {self.bins}")
         if not self.spline_bound > 0:
             raise ValueError(f"Expected spline_bound > 0; got {self.spline_bound}")
+        if self.weight_decay != "auto" and not 0 <= float(self.weight_decay) < math.inf:
+            raise ValueError(f"Expected weight_decay >= 0 or auto; got {self.weight_decay}")
         if not self.scale_bound > 0:
             raise ValueError(f"Expected scale_bound > 0; got {self.scale_bound}")
         if self.coupling not in ("affine", "additive", "spline"):
@@ -118,13 +123,19 @@ def _coerce(name: str, value: Any, default: Any, source: str) -> Any:
             if isinstance(value, bool) or float(value) != int(value):
                 raise TypeError
             return int(value)
+        if name == "weight_decay":  # a number, or "auto"
+            if isinstance(value, str) and value.strip().lower() == "auto":
+                return "auto"
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
         if isinstance(default, float):
             if isinstance(value, bool):
                 raise TypeError
             return float(value)
         return str(value)
     except (TypeError, ValueError):
-        kind = type(default).__name__
+        kind = "a number or auto" if name == "weight_decay" else type(default).__name__
         if isinstance(default, tuple):
             kind = "comma-separated whole numbers such as 64,64"
             value = ",".join(map(str, value)) if isinstance(value, (list, tuple)) else value

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from realnvp.bijections import Standardize
-from realnvp.bijections._blocks import on_threads
+from realnvp.bijections._blocks import flushing_denormals, on_threads
 from realnvp.bijections._kernels import PERMUTE, kernels, use_onednn
 from realnvp.distributions import DiagonalNormal, StandardNormal
 from realnvp.flow import Flow
@@ -140,7 +140,7 @@ class FastStep:
         """Forward and backward of rows ``h`` of a batch of ``batch``; writes their share of
         the gradient into ``grads`` and returns their summed loss (less the constant)."""
         columns = c.columns  # kinds, the halves (4), params, bounds (2), consts, relus
-        with torch.no_grad():
+        with torch.no_grad(), flushing_denormals():  # on a worker too, as fit does
             z, log_det, tapes = k.train_forward(h, *columns, use_onednn(h))
             total = 0.5 * z.square().sum() - log_det.sum()
             g_log_det = torch.full((), -1.0 / batch, dtype=z.dtype, device=z.device)

@@ -18,11 +18,13 @@ from torch import Tensor
 
 from realnvp._validation import as_float_tensor
 from realnvp.bijections import ActNorm
+from realnvp.bijections._blocks import flushing_denormals
 from realnvp.flow import Flow
 from realnvp.training.fast import fast_step_for, split_rows
 
-__all__ = ["History", "NonFiniteLossError", "TrainStep", "fit", "lattice_steps",
-           "make_train_step", "mean_nll", "resolve_device"]
+__all__ = ["AUTO_DECAY_MAX_ROWS", "AUTO_DECAY_ROWS", "History", "NonFiniteLossError",
+           "TrainStep", "fit", "lattice_steps", "make_train_step", "mean_nll",
+           "resolve_device", "resolve_weight_decay"]
 
 Callback = Callable[[int, Flow], None]
 
@@ -46,6 +48,7 @@ class History:
     skipped_steps: list[int] = field(default_factory=list)
     dequantized: dict[int, float] = field(default_factory=dict)
     seconds: float = 0.0
+    weight_decay: float = 0.0
 
     def to_frame(self) -> Any:
         """The records as a pandas DataFrame."""
@@ -60,6 +63,7 @@ class History:
             "best_val_nll": self.best_val_nll, "stopped": self.stopped,
             "skipped_steps": self.skipped_steps, "seconds": self.seconds,
             "dequantized": {str(k): v for k, v in self.dequantized.items()},
+            "weight_decay": self.weight_decay,
         }
 
     @classmethod
@@ -67,6 +71,44 @@ class History:
         state = dict(state)
         state["dequantized"] = {int(k): float(v) for k, v in state.get("dequantized", {}).items()}
         return cls(**state)
+
+
+AUTO_DECAY_ROWS = 3.0
+"""``weight_decay="auto"`` is this many over the number of training rows..."""
+
+AUTO_DECAY_MAX_ROWS = 5000
+"""...up to this many training rows, and 0 above."""
+
+
+def resolve_weight_decay(weight_decay: float | str, n_train: int) -> float:
+    r"""The Adam weight decay to train with: a number as it is; for ``"auto"``,
+    :data:`AUTO_DECAY_ROWS` / ``n_train`` up to :data:`AUTO_DECAY_MAX_ROWS` training rows
+    and 0 above.
+
+    Adam's (coupled) weight decay :math:`\lambda` adds :math:`\frac\lambda2\|\theta\|^2`
+    to the mean NLL: a Gaussian prior on the weights with variance :math:`1/(\lambda n)`
+    for ``n`` training rows, here with standard deviation 0.58. On a few hundred rows the
+    default flow otherwise overfits within 100 steps, and the 30-90 validation rows then
+    sometimes pick weights that put next to no density where unseen rows fall: test NLL
+    5.85 against 0.61 nats on 300 rows of two moons, -13.1 against -35.1 on scikit-learn's
+    breast-cancer table (``benchmarks/small_data.py``; every figure in
+    ``benchmarks/README.md``). The prior also blunts sharp features (the pinwheel's arms:
+    2.6-2.8 against 3.0-3.1 on 500 rows), and with Adam its pull does not vanish on large
+    data (8gaussians: 2.88 against 2.91 on 10,000 rows), so it stops at 5000 rows.
+
+    Example:
+        >>> resolve_weight_decay("auto", 300), resolve_weight_decay("auto", 90000)
+        (0.01, 0.0)
+    """
+    if isinstance(weight_decay, str):
+        if weight_decay != "auto":
+            raise ValueError(f"Expected weight_decay >= 0 or 'auto'; got {weight_decay!r}")
+        n = max(int(n_train), 1)
+        return AUTO_DECAY_ROWS / n if n <= AUTO_DECAY_MAX_ROWS else 0.0
+    value = float(weight_decay)
+    if not 0 <= value < math.inf:
+        raise ValueError(f"Expected weight_decay >= 0 or 'auto'; got {weight_decay!r}")
+    return value
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -337,7 +379,7 @@ def fit(
     steps: int = 3000,
     batch_size: int = 512,
     lr: float = 5e-3,
-    weight_decay: float = 0.0,
+    weight_decay: float | str = "auto",
     warmup: int = 100,
     min_lr_ratio: float = 0.01,
     clip_grad: float = 10.0,
@@ -364,9 +406,12 @@ def fit(
     the weights with the best validation NLL, the starting ones included, are restored at
     the end, and ``patience``
     validations without improvement stop early. The flow's :class:`Standardize` layer is set
-    from the training rows first, so ``log_prob`` stays in the data's units. Deterministic
-    for a given ``seed`` and thread count on the CPU; with ``checkpoint_dir`` a resumable
-    checkpoint is written atomically every ``checkpoint_every`` steps and at the end.
+    from the training rows first, so ``log_prob`` stays in the data's units. Subnormal
+    floats are flushed to zero while it trains (see :func:`flushing_denormals`), and
+    ``weight_decay="auto"`` regularises small data sets (see :func:`resolve_weight_decay`).
+    Deterministic for a given ``seed`` and thread count on the CPU; with ``checkpoint_dir``
+    a resumable checkpoint is written atomically every ``checkpoint_every`` steps and at
+    the end.
 
     Rounded data: with ``dequantize="auto"`` a column whose values sit on a grid of step
     ``h`` with many repeats (see :func:`lattice_steps`) gets uniform noise on
@@ -398,11 +443,12 @@ def fit(
     else:
         train, val = split(x, val_fraction, generator)
     check_not_constant(train, columns)
+    decay = resolve_weight_decay(weight_decay, train.shape[0])
     steps_h = lattice_steps(train) if dequantize else torch.zeros(flow.dim, dtype=dtype)
     flow.to(dev)
     train, val = train.to(dev), (val.to(dev) if val is not None else None)
 
-    train_step = TrainStep(flow, lr, weight_decay, clip_grad)
+    train_step = TrainStep(flow, lr, decay, clip_grad)
     optimizer = train_step.optimizer
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(warmup, steps, min_lr_ratio)
@@ -425,6 +471,7 @@ def fit(
     else:
         _initialize(flow, train)
     history.dequantized = {j: float(h) for j, h in enumerate(steps_h.tolist()) if h > 0}
+    history.weight_decay = decay
     if checkpoint_dir is not None and not resume:  # resumable from the very first step
         Path(checkpoint_dir).mkdir(parents=True, exist_ok=True)
         ckpt.save_checkpoint(checkpoint_dir, flow, optimizer, scheduler, generator, batches,
@@ -457,7 +504,8 @@ def fit(
 
     interrupt = _DeferredInterrupt()
     try:
-        with interrupt, single_thread_for(batches.batch_size, dev, train_step.fast is not None):
+        with interrupt, flushing_denormals(), single_thread_for(
+                batches.batch_size, dev, train_step.fast is not None):
             for step in range(start_step + 1, steps + 1):
                 xb = train.index_select(0, batches.next().to(dev))
                 if noise is not None:
