@@ -687,7 +687,17 @@ def test_samples_of_rounded_columns_are_put_back_on_their_grid(
         for j, (step, origin) in enumerate(((1.0, 0.0), (0.5, -4.75))):
             cells = (s[:, j] - origin) / step
             assert np.allclose(cells, np.round(cells), atol=1e-4) == on_grid
+        inside = (s[:, 0] >= 0) & (s[:, 0] <= counts.max())  # within the counts seen
+        assert inside.all() if on_grid else not inside.all()
         assert not np.allclose(s[:, 2], np.round(s[:, 2]))  # a continuous column stays so
+    # A copy of the model file alone still knows its columns' names and grids.
+    from realnvp.io import MODEL_FILE
+
+    shutil.copy(tmp_path / "run" / MODEL_FILE, tmp_path / "alone.safetensors")
+    realnvp.cli.main(["sample", "alone.safetensors", "-n", "50", "--out", "a.csv"])
+    alone = load_table(tmp_path / "a.csv")
+    assert list(alone.columns) == ["count", "half", "z"]
+    assert np.allclose(alone.data[:, 0], np.round(alone.data[:, 0]), atol=1e-4)
     capsys.readouterr()
 
 

@@ -158,9 +158,12 @@ def _train_and_finish(out: Path, flow: Any, data: runs.Data, config: TrainConfig
     if snapshots is not None and history.records:
         snapshots.record(int(history.records[-1]["step"]), flow)
     flow = flow.cpu().eval()
-    save(flow, out / MODEL_FILE)
-    runs.write_history(out / runs.METRICS_FILE, history)
     metrics = _final_metrics(flow, data, history, train_seconds)
+    # The column names and grids travel in the model file too, for a copy used on its own.
+    save(flow, out / MODEL_FILE, extra={
+        "columns": list(data.columns),
+        **{key: metrics[key] for key in ("dequantized", "dequantized_origin", "dequantized_max")}})
+    runs.write_history(out / runs.METRICS_FILE, history)
     _save_validation_scores(out, flow, data, config)
     runs.write_json(out / "metrics.json", metrics)
     if not opts.get("no_plots"):
@@ -178,6 +181,8 @@ def _final_metrics(flow: Any, data: runs.Data, history: Any, seconds: float) -> 
         # a point of each rounded column's grid, so samples can be put back on it
         "dequantized_origin": {data.columns[j]: float(np.min(data.x[:, j]))
                                for j in history.dequantized},
+        "dequantized_max": {data.columns[j]: float(np.max(data.x[:, j]))
+                            for j in history.dequantized},
     }
     test = runs.toy_test_data(data)
     if test is not None:
@@ -244,20 +249,22 @@ def sample(run: Path, n: int, out: Path | None, seed: int, continuous: bool = Fa
     """``realnvp sample``: draws from the flow; columns that were rounded in the training
     data (trained with dequantization noise) are rounded back onto their grid unless
     ``continuous``: with noise uniform on a grid cell, rounding a draw of the fitted
-    density gives a draw of the rounded data's distribution."""
-    from realnvp.io import load
+    density gives a draw of the rounded data's distribution. Those draws are also kept
+    within the lowest and highest values of the training data (a count never comes out
+    as -1: the flow's support is unbounded, the data's is not)."""
+    from realnvp.io import load_with_extra
 
     if n < 1:
         raise ValueError(f"Expected -n >= 1; got {n}")
-    flow = load(run)
-    columns = _run_columns(run, flow.dim)
+    flow, extra = load_with_extra(run)
+    columns = _run_columns(run, flow.dim, extra)
     _check_output(out)
     generator = torch.Generator().manual_seed(int(seed))
     with torch.inference_mode():
         x = flow.sample(int(n), generator=generator).numpy()
     if not continuous:
-        for j, (step, origin) in _grids(run, columns).items():
-            x[:, j] = origin + step * np.round((x[:, j] - origin) / step)
+        for j, (step, low, high) in _grids(run, columns, extra).items():
+            x[:, j] = np.clip(low + step * np.round((x[:, j] - low) / step), low, high)
     if out is None:
         _write_block(sys.stdout, columns, x, {}, header=True)
         return
@@ -267,15 +274,19 @@ def sample(run: Path, n: int, out: Path | None, seed: int, continuous: bool = Fa
     click.echo(str(out), err=True)
 
 
-def _grids(run: Path, columns: list[str]) -> dict[int, tuple[float, float]]:
-    """Column index -> (grid step, a grid point) of the run's dequantized columns."""
+def _grids(run: Path, columns: list[str], extra: dict[str, Any]
+           ) -> dict[int, tuple[float, float, float]]:
+    """Column index -> (grid step, lowest and highest value in the training data) of the
+    run's dequantized columns, from its ``metrics.json`` or else from the model file's
+    ``extra`` metadata (runs made before the highest value was kept: no upper limit)."""
     path = run / "metrics.json" if run.is_dir() else None
-    if path is None or not path.is_file():
+    metrics = json.loads(path.read_text()) if path is not None and path.is_file() else extra
+    steps, lows = metrics.get("dequantized") or {}, metrics.get("dequantized_origin") or {}
+    highs = metrics.get("dequantized_max") or {}
+    if not all(isinstance(d, dict) for d in (steps, lows, highs)):
         return {}
-    metrics = json.loads(path.read_text())
-    steps, origins = metrics.get("dequantized") or {}, metrics.get("dequantized_origin") or {}
-    return {columns.index(c): (float(steps[c]), float(origins[c]))
-            for c in steps if c in origins and c in columns and float(steps[c]) > 0}
+    return {columns.index(c): (float(steps[c]), float(lows[c]), float(highs.get(c, np.inf)))
+            for c in steps if c in lows and c in columns and float(steps[c]) > 0}
 
 
 def _row_number_columns(x: np.ndarray) -> list[int]:
@@ -288,10 +299,20 @@ def _row_number_columns(x: np.ndarray) -> list[int]:
             if x[0, j] in (0, 1) and np.array_equal(x[:, j] - x[0, j], steps)]
 
 
-def _run_columns(run: Path, dim: int) -> list[str]:
+def _run_columns(run: Path, dim: int, extra: dict[str, Any] | None = None) -> list[str]:
+    """The training columns' names: from the run's config, else from the model file (a
+    ``realnvp train`` model or a saved estimator), else ``x0, x1, ...``."""
+    from realnvp.io import load_with_extra
+
     folder = run if run.is_dir() else None
+    candidates = []
     if folder is not None and (folder / runs.CONFIG_FILE).is_file():
-        columns = runs.read_config(folder).get("columns")
+        candidates.append(runs.read_config(folder).get("columns"))
+    if extra is None:
+        extra = load_with_extra(run)[1]
+    candidates += [extra.get("columns"),
+                   (extra.get("estimator") or {}).get("feature_names_in_")]
+    for columns in candidates:
         if isinstance(columns, list) and len(columns) == dim:
             return [str(c) for c in columns]
     return [f"x{i}" for i in range(dim)]
