@@ -57,6 +57,8 @@ def main() -> None:
                    help="weight decay factors k (decay = k / training rows)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--layers", type=int, default=24, help="couplings (default: the default's)")
+    p.add_argument("--hidden", type=int, nargs="+", default=[32, 32])
     args = p.parse_args()
     torch.set_num_threads(1)
     for name in args.datasets:
@@ -67,8 +69,8 @@ def main() -> None:
             val, train = fit_rows[order[:n_val].numpy()], fit_rows[order[n_val:].numpy()]
             cells = []
             for k in args.decay:
-                flow = realnvp.RealNVP(dim=train.shape[1], n_layers=24, hidden=(32, 32),
-                                       scale_bound=2.0)
+                flow = realnvp.RealNVP(dim=train.shape[1], n_layers=args.layers,
+                                       hidden=tuple(args.hidden), scale_bound=2.0)
                 start = time.perf_counter()
                 history = realnvp.fit(flow, train, val_data=val, steps=args.steps,
                                       clip_grad=3.0, weight_decay=k / len(train), seed=seed,
