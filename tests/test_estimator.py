@@ -136,11 +136,14 @@ def test_constant_column_is_refused_by_name() -> None:
      ({"batch_size": 0}, "batch_size to be an int >= 1"),
      ({"hidden": 8}, "hidden to be a tuple of positive ints"),
      ({"lr": -1.0}, "lr > 0"),
+     ({"weight_decay": -1.0}, "weight_decay 'auto' or >= 0; got -1.0"),
+     ({"weight_decay": "heavy"}, "weight_decay 'auto' or >= 0"),
      ({"val_fraction": 1.0}, "val_fraction in [0, 1)"),
      ({"patience": -1}, "patience to be an int >= 0"),
      ({"flow_kwargs": {"dim": 3}}, "flow_kwargs without ['dim']")],
     ids=["contamination-high", "contamination-str", "coupling", "steps", "batch-size",
-         "hidden", "lr", "val-fraction", "patience", "flow-kwargs"],
+         "hidden", "lr", "weight-decay", "weight-decay-str", "val-fraction", "patience",
+         "flow-kwargs"],
 )
 def test_invalid_parameters_are_named_at_fit(params: dict, message: str) -> None:
     est = tiny(**params)  # __init__ never validates, as scikit-learn requires
@@ -299,3 +302,21 @@ def test_load_a_run_folder_from_realnvp_train(tmp_path: Path) -> None:
     np.testing.assert_allclose(est.score_samples(data), expected, rtol=1e-12)
     refit = est.__class__(**est.get_params()).set_params(steps=5).fit(data)
     assert refit.n_features_in_ == 2
+
+
+@pytest.mark.parametrize(("given", "used"), [("auto", 3 / 180), (0.0, 0.0), (1e-3, 1e-3)])
+def test_weight_decay_reaches_the_training(
+    monkeypatch: pytest.MonkeyPatch, given: object, used: float
+) -> None:
+    import realnvp.estimator as module
+
+    seen: list[float] = []
+
+    def recording_fit(*args: object, **kwargs: object) -> object:
+        history = realnvp.fit(*args, **kwargs)  # type: ignore[arg-type]
+        seen.append(history.weight_decay)
+        return history
+
+    monkeypatch.setattr(module, "fit", recording_fit)
+    tiny(weight_decay=given).fit(gaussian(200))  # 180 training rows
+    assert seen == [pytest.approx(used)]

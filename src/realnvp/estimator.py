@@ -52,6 +52,8 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
             20 epochs of the training rows, at least 1,000 and at most 10,000 steps.
         batch_size: rows per step (capped at the number of training rows).
         lr: peak learning rate of Adam (linear warm-up, then cosine decay).
+        weight_decay: Adam weight decay; ``"auto"`` is 3 / (training rows) up to 5000
+            training rows and 0 above (see :func:`realnvp.training.fit.resolve_weight_decay`).
         val_fraction: fraction of the rows held out for validation, early stopping and the
             ``"auto"`` threshold; no rows are held out below 10 rows or when 0.
         patience: stop after this many validations without improvement (about 50 per run);
@@ -108,6 +110,7 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         steps: int | str = "auto",
         batch_size: int = 512,
         lr: float = 1e-3,
+        weight_decay: float | str = "auto",
         val_fraction: float = 0.1,
         patience: int = 10,
         contamination: float | str = "auto",
@@ -122,6 +125,7 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         self.steps = steps
         self.batch_size = batch_size
         self.lr = lr
+        self.weight_decay = weight_decay
         self.val_fraction = val_fraction
         self.patience = patience
         self.contamination = contamination
@@ -152,7 +156,7 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         names = getattr(self, "feature_names_in_", None)
         return fit(
             flow, train, val_data=val, steps=steps, batch_size=int(self.batch_size),
-            lr=float(self.lr), warmup=min(100, steps // 10),
+            lr=float(self.lr), weight_decay=self.weight_decay, warmup=min(100, steps // 10),
             eval_every=max(1, min(100, steps // 50)),
             patience=int(self.patience) if val is not None else 0, seed=seed,
             device=self.device, progress=bool(self.verbose),
@@ -186,6 +190,10 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         _check_int("batch_size", self.batch_size, 1)
         if not _is_real(self.lr) or not self.lr > 0:
             raise ValueError(f"Expected lr > 0; got {self.lr!r}")
+        if self.weight_decay != "auto" and not (
+            _is_real(self.weight_decay) and 0 <= self.weight_decay < math.inf
+        ):
+            raise ValueError(f"Expected weight_decay 'auto' or >= 0; got {self.weight_decay!r}")
         if not _is_real(self.val_fraction) or not 0 <= self.val_fraction < 1:
             raise ValueError(f"Expected val_fraction in [0, 1); got {self.val_fraction!r}")
         _check_int("patience", self.patience, 0)
@@ -323,6 +331,7 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
             else {}
         config = record.get("config", {})
         for ours, theirs in (("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"),
+                             ("weight_decay", "weight_decay"),
                              ("val_fraction", "val_fraction"), ("patience", "patience"),
                              ("random_state", "seed"), ("device", "device")):
             if theirs in config:
