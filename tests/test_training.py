@@ -125,3 +125,33 @@ def test_auto_weight_decay_is_three_over_the_training_rows() -> None:
     for bad in (-1.0, float("nan"), "heavy"):
         with pytest.raises(ValueError, match="Expected weight_decay >= 0 or 'auto'"):
             resolve_weight_decay(bad, 10)  # type: ignore[arg-type]
+
+
+def test_train_step_clears_subnormal_weights_and_moments() -> None:
+    from realnvp.training.fit import SUBNORMAL_EVERY, TrainStep
+
+    flow = realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,)).float()  # subnormal below 1e-38
+    step = TrainStep(flow, lr=1e-3, weight_decay=0.1)
+    x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0)).float()
+    step(x)
+    moments = step.optimizer.state[step.flat.value]["exp_avg_sq"]
+    with torch.no_grad():
+        step.flat.value[:3] = torch.tensor([1e-40, -1e-41, 0.5], dtype=torch.float32)
+        moments[:2] = 1e-42
+    step.flush_subnormals()
+    assert step.flat.value[:3].tolist() == [0.0, 0.0, 0.5] and moments[:2].tolist() == [0, 0]
+    calls: list[int] = []
+    step.flush_subnormals = lambda: calls.append(step._steps)  # type: ignore[method-assign]
+    for _ in range(2 * SUBNORMAL_EVERY):
+        step(x)
+    assert calls == [SUBNORMAL_EVERY, 2 * SUBNORMAL_EVERY]
+
+
+def test_a_resumed_fit_reports_the_weight_decay_it_trains_with(tmp_path) -> None:
+    x = torch.randn(300, 2, generator=torch.Generator().manual_seed(0))
+    flow = realnvp.RealNVP(dim=2, n_layers=1, hidden=(4,))
+    realnvp.fit(flow, x, steps=4, progress=False, weight_decay=0.0, checkpoint_dir=tmp_path,
+                checkpoint_every=2)
+    resumed = realnvp.fit(realnvp.RealNVP(dim=2, n_layers=1, hidden=(4,)), x, steps=8,
+                          progress=False, checkpoint_dir=tmp_path, resume=True)
+    assert resumed.weight_decay == 0.0  # the checkpoint's optimiser, not today's "auto"

@@ -72,7 +72,8 @@ def use_row_blocks(x: Tensor, rowwise: Callable[[], bool]) -> bool:
 
 def flushing_denormals_now() -> bool:
     """Whether this thread's CPU treats subnormal floats as zero (flush-to-zero mode)."""
-    return bool(torch.tensor([1e-39], dtype=torch.float32).mul(1.0).item() == 0.0)
+    probe = torch.tensor([1e-39], dtype=torch.float32, device="cpu")
+    return bool(probe.mul(1.0).item() == 0.0)
 
 
 @contextmanager
@@ -85,7 +86,9 @@ def flushing_denormals() -> Iterator[None]:
     then takes a slow microcode path. Measured here (``benchmarks/README.md``), a 3000-step
     fit with weight decay ran at a third of its speed from about step 1500 on, and at full
     speed with flushing. Values that small carry nothing a density fit can use. The mode is
-    per thread (the CPU's control register), so each worker that trains sets it too.
+    per thread (the CPU's control register): the row-part workers of a training step set it
+    too, and ``TrainStep.flush_subnormals`` (:mod:`realnvp.training.fit`) clears what
+    torch's own intra-op threads may leave.
 
     Example:
         >>> with flushing_denormals():

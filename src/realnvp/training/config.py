@@ -96,8 +96,12 @@ class TrainConfig:
             raise ValueError(f"Expected bins >= 2; got {self.bins}")
         if not self.spline_bound > 0:
             raise ValueError(f"Expected spline_bound > 0; got {self.spline_bound}")
-        if self.weight_decay != "auto" and not 0 <= float(self.weight_decay) < math.inf:
-            raise ValueError(f"Expected weight_decay >= 0 or auto; got {self.weight_decay}")
+        decay = self.weight_decay
+        if isinstance(decay, str) and decay.strip().lower() == "auto":
+            self.weight_decay = "auto"
+        elif isinstance(decay, bool) or not isinstance(decay, (int, float)) \
+                or not 0 <= decay < math.inf:
+            raise ValueError(f"Expected weight_decay >= 0 or auto; got {decay!r}")
         if not self.scale_bound > 0:
             raise ValueError(f"Expected scale_bound > 0; got {self.scale_bound}")
         if self.coupling not in ("affine", "additive", "spline"):

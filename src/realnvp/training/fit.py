@@ -22,9 +22,9 @@ from realnvp.bijections._blocks import flushing_denormals
 from realnvp.flow import Flow
 from realnvp.training.fast import fast_step_for, split_rows
 
-__all__ = ["AUTO_DECAY_MAX_ROWS", "AUTO_DECAY_ROWS", "History", "NonFiniteLossError",
-           "TrainStep", "fit", "lattice_steps", "make_train_step", "mean_nll",
-           "resolve_device", "resolve_weight_decay"]
+__all__ = ["AUTO_DECAY_MAX_ROWS", "AUTO_DECAY_ROWS", "SUBNORMAL_EVERY", "History",
+           "NonFiniteLossError", "TrainStep", "fit", "lattice_steps", "make_train_step",
+           "mean_nll", "resolve_device", "resolve_weight_decay"]
 
 Callback = Callable[[int, Flow], None]
 
@@ -80,6 +80,10 @@ AUTO_DECAY_MAX_ROWS = 5000
 """...up to this many training rows, and 0 above."""
 
 
+SUBNORMAL_EVERY = 10
+""":class:`TrainStep` clears subnormal weights and moments every this many steps."""
+
+
 def resolve_weight_decay(weight_decay: float | str, n_train: int) -> float:
     r"""The Adam weight decay to train with: a number as it is; for ``"auto"``,
     :data:`AUTO_DECAY_ROWS` / ``n_train`` up to :data:`AUTO_DECAY_MAX_ROWS` training rows
@@ -106,7 +110,7 @@ def resolve_weight_decay(weight_decay: float | str, n_train: int) -> float:
             raise ValueError(f"Expected weight_decay >= 0 or 'auto'; got {weight_decay!r}")
         n = max(int(n_train), 1)
         return AUTO_DECAY_ROWS / n if n <= AUTO_DECAY_MAX_ROWS else 0.0
-    value = float(weight_decay)
+    value = float(weight_decay) if not isinstance(weight_decay, bool) else math.nan
     if not 0 <= value < math.inf:
         raise ValueError(f"Expected weight_decay >= 0 or 'auto'; got {weight_decay!r}")
     return value
@@ -297,6 +301,7 @@ class TrainStep:
         self.optimizer = _make_optimizer(self.flat, lr, weight_decay)
         self.fast = fast_step_for(flow)
         self.clip_grad = clip_grad
+        self._steps = 0
 
     def __call__(self, x: Tensor) -> tuple[Tensor, str | None]:
         # The fast path computes the loss and writes the gradients into the flat buffer.
@@ -316,7 +321,26 @@ class TrainStep:
                 self.flat.zero_grad()
                 return loss.detach(), "non-finite gradient"
         self.optimizer.step()
+        self._steps += 1
+        if self._steps % SUBNORMAL_EVERY == 0:
+            self.flush_subnormals()
         return loss.detach(), None
+
+    @torch.no_grad()
+    def flush_subnormals(self) -> None:
+        """Set the weights and Adam moments below float's smallest normal number to zero.
+
+        :func:`flushing_denormals` covers the calling thread and the training workers, but
+        not torch's own intra-op threads, which run the optimiser step on large flows when
+        training uses several threads. Weight decay would let values decay into the slow
+        subnormal range there; clearing them every :data:`SUBNORMAL_EVERY` steps keeps them
+        out, whatever thread touched them.
+        """
+        tensors = [self.flat.value, *(v for v in self.optimizer.state[self.flat.value].values()
+                                      if isinstance(v, Tensor) and v.is_floating_point()
+                                      and v.shape == self.flat.value.shape)]
+        for t in tensors:
+            t.masked_fill_(t.abs() < torch.finfo(t.dtype).tiny, 0.0)
 
 
 def make_train_step(flow: Flow, lr: float = 2e-3, clip_grad: float = 10.0
@@ -463,6 +487,7 @@ def fit(
         for stale in Path(checkpoint_dir).glob(f".{ckpt.CHECKPOINT_FILE}.*.tmp"):
             stale.unlink(missing_ok=True)  # left by a process killed mid-write
         start_step, history, best_state = restored.step, restored.history, restored.best_state
+        decay = float(optimizer.param_groups[0]["weight_decay"])  # resumed as it was run
         if history.stopped.startswith("early stopping"):
             steps = start_step  # it stopped for good: nothing is left to run
         else:
