@@ -302,6 +302,8 @@ def test_load_a_run_folder_from_realnvp_train(tmp_path: Path) -> None:
     np.testing.assert_allclose(est.score_samples(data), expected, rtol=1e-12)
     refit = est.__class__(**est.get_params()).set_params(steps=5).fit(data)
     assert refit.n_features_in_ == 2
+    alone = RealNVPDensity.load(out / "model.safetensors")  # the model file's own metadata
+    assert list(alone.feature_names_in_) == ["x", "y"]
 
 
 @pytest.mark.parametrize(("given", "used"), [("auto", 3 / 180), (0.0, 0.0), (1e-3, 1e-3)])

@@ -299,7 +299,7 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         saved = extra.get("estimator")
         if isinstance(saved, dict) and saved.get("class") == cls.__name__:
             return cls._from_saved(flow, saved)
-        return cls._from_flow(flow, Path(path))
+        return cls._from_flow(flow, Path(path), extra)
 
     @classmethod
     def _from_saved(cls, flow: Flow, saved: dict[str, Any]) -> RealNVPDensity:
@@ -315,7 +315,7 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         return est
 
     @classmethod
-    def _from_flow(cls, flow: Flow, path: Path) -> RealNVPDensity:
+    def _from_flow(cls, flow: Flow, path: Path, extra: dict[str, Any]) -> RealNVPDensity:
         from realnvp import runs
 
         kwargs = dict((flow.spec or {}).get("kwargs", {}))
@@ -337,7 +337,7 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
             if theirs in config:
                 params[ours] = config[theirs]
         est = cls(**params)
-        columns = record.get("columns")
+        columns = record.get("columns", extra.get("columns"))  # a model file alone has them
         names = columns if isinstance(columns, list) and len(columns) == flow.dim and all(
             isinstance(c, str) for c in columns) else None
         history = History().to_frame()
