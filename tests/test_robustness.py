@@ -712,8 +712,10 @@ def test_train_warns_about_a_saved_row_index_and_a_run_that_never_improved(
     err = capsys.readouterr().err
     assert "column 'column0' holds the row numbers" in err
     assert "'a' holds" not in err
+    assert "Adam weight decay 0.0556, against overfitting few rows" in err  # 3 / 54 rows
     save_table(tmp_path / "few.csv", g.normal(size=(40, 2)), ["a", "b"])
     (tmp_path / "no_decay.toml").write_text("weight_decay = 0.0\n")  # "auto" would regularise
     realnvp.cli.main(["train", "--data", "few.csv", "--steps", "200", "--lr", "0.05",
                       "--config", "no_decay.toml", "--no-plots", "--quiet", "--out", "run2"])
-    assert "no step improved on the starting Gaussian" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no step improved on the starting Gaussian" in err and "weight decay" not in err

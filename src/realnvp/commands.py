@@ -237,6 +237,9 @@ def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
     if metrics.get("dequantized"):
         cols = ", ".join(f"{c} (step {h:g})" for c, h in metrics["dequantized"].items())
         lines.append(f"rounded columns, trained with uniform dequantization noise: {cols}")
+    if metrics.get("weight_decay"):
+        lines.append(f"Adam weight decay {metrics['weight_decay']:.3g}, against overfitting few "
+                     "rows (weight_decay in a --config file sets it)")
     if metrics.get("best_step") == 0 and metrics.get("steps_run"):
         lines.append("warning: no step improved on the starting Gaussian, which is kept; with "
                      "few rows that is the best estimate, otherwise try a lower --lr")
