@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
     print(f"realnvp's default threshold (contamination='auto', aiming at 1% false alarms) "
           f"flags {normal.mean():.1%} (from {normal.min():.1%} to {normal.max():.1%} over "
           f"seeds) of new benign rows and {flow['flag_anomaly'].mean():.1%} of malignant ones; "
-          f"early stopping after {flow['steps'].mean():.0f} steps on average")
+          f"{flow['steps'].mean():.0f} training steps on average")
     print(f"total {time.perf_counter() - started:.0f} s")
     return results
 

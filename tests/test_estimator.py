@@ -137,13 +137,14 @@ def test_constant_column_is_refused_by_name() -> None:
      ({"hidden": 8}, "hidden to be a tuple of positive ints"),
      ({"lr": -1.0}, "lr > 0"),
      ({"weight_decay": -1.0}, "weight_decay 'auto' or >= 0; got -1.0"),
+     ({"clip_grad": -1.0}, "clip_grad >= 0; got -1.0"),
      ({"weight_decay": "heavy"}, "weight_decay 'auto' or >= 0"),
      ({"val_fraction": 1.0}, "val_fraction in [0, 1)"),
      ({"patience": -1}, "patience to be an int >= 0"),
      ({"flow_kwargs": {"dim": 3}}, "flow_kwargs without ['dim']")],
     ids=["contamination-high", "contamination-str", "coupling", "steps", "batch-size",
-         "hidden", "lr", "weight-decay", "weight-decay-str", "val-fraction", "patience",
-         "flow-kwargs"],
+         "hidden", "lr", "weight-decay", "weight-decay-str", "clip-grad", "val-fraction",
+         "patience", "flow-kwargs"],
 )
 def test_invalid_parameters_are_named_at_fit(params: dict, message: str) -> None:
     est = tiny(**params)  # __init__ never validates, as scikit-learn requires
@@ -275,7 +276,8 @@ def test_load_a_bare_flow_file(tmp_path: Path) -> None:
     flow = realnvp.RealNVP(dim=3, n_layers=2, hidden=(8,), permutation="reverse")
     est = RealNVPDensity.load(realnvp.save(flow, tmp_path / "flow"))
     assert est.n_layers == 2 and est.hidden == (8,)
-    assert est.flow_kwargs == {"permutation": "reverse"}
+    # RealNVP's own bound (3) differs from the estimator's default (2): kept, for refits
+    assert est.flow_kwargs == {"permutation": "reverse", "scale_bound": 3.0}
     assert est.n_features_in_ == 3 and not hasattr(est, "feature_names_in_")
     assert math.isfinite(est.offset_) and est.n_iter_ == 0
     X = gaussian(30, dim=3)
@@ -322,3 +324,15 @@ def test_weight_decay_reaches_the_training(
     monkeypatch.setattr(module, "fit", recording_fit)
     tiny(weight_decay=given).fit(gaussian(200))  # 180 training rows
     assert seen == [pytest.approx(used)]
+
+
+def test_the_defaults_are_the_cli_default_recipe() -> None:
+    from realnvp.estimator import DEFAULT_SCALE_BOUND
+    from realnvp.training import TrainConfig
+
+    c, est = TrainConfig(), RealNVPDensity()
+    assert (est.n_layers, tuple(est.hidden), est.steps, est.batch_size, est.lr,
+            est.weight_decay, est.clip_grad, est.patience, est.val_fraction) == (
+        c.layers, c.hidden, c.steps, c.batch_size, c.lr, c.weight_decay, c.clip_grad,
+        c.patience, c.val_fraction)
+    assert c.scale_bound == DEFAULT_SCALE_BOUND and est.coupling == c.coupling

@@ -21,10 +21,13 @@ from realnvp.flow import Flow, RealNVP
 from realnvp.io import from_bytes, load_with_extra, to_bytes
 from realnvp.training import History, fit
 
-__all__ = ["AUTO_QUANTILE", "RealNVPDensity"]
+__all__ = ["AUTO_QUANTILE", "DEFAULT_SCALE_BOUND", "RealNVPDensity"]
 
 AUTO_QUANTILE = 0.01
 """``contamination="auto"`` flags rows below this quantile of the held-out log-densities."""
+
+DEFAULT_SCALE_BOUND = 2.0
+"""The log-scale bound of the estimator's affine couplings unless ``flow_kwargs`` sets one."""
 
 _COUPLINGS = ("affine", "additive", "spline")
 _RESERVED = ("dim", "n_layers", "hidden", "coupling", "seed", "context_features")
@@ -50,14 +53,19 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         coupling: ``"affine"`` (RealNVP), ``"additive"`` (NICE) or ``"spline"``.
         steps: optimisation steps (an upper bound with early stopping). ``"auto"`` takes
             20 epochs of the training rows, at least 1,000 and at most 10,000 steps.
+            The defaults are ``realnvp train``'s measured recipe (24 couplings of 32-32,
+            log-scales bounded by 2 unless ``flow_kwargs`` says otherwise, 3000 steps, lr
+            5e-3, gradients clipped at 3; ``benchmarks/README.md``).
         batch_size: rows per step (capped at the number of training rows).
         lr: peak learning rate of Adam (linear warm-up, then cosine decay).
         weight_decay: Adam weight decay; ``"auto"`` is 3 / (training rows) up to 5000
             training rows and 0 above (see :func:`realnvp.training.fit.resolve_weight_decay`).
+        clip_grad: clip the gradient norm to this value (0: no clipping).
         val_fraction: fraction of the rows held out for validation, early stopping and the
             ``"auto"`` threshold; no rows are held out below 10 rows or when 0.
-        patience: stop after this many validations without improvement (about 50 per run);
-            0 trains all ``steps``. The weights with the best validation NLL are kept.
+        patience: stop after this many validations without improvement (one validation per
+            ``steps // 10`` steps, at most 100); 0 (default) trains all ``steps``. The
+            weights with the best validation NLL are kept.
         contamination: how the outlier threshold ``offset_`` is set.
             ``"auto"`` (default): the 1st percentile (:data:`AUTO_QUANTILE`) of the
             log-densities of the held-out validation rows, so about 1% of new rows from the
@@ -104,15 +112,16 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
 
     def __init__(
         self,
-        n_layers: int = 8,
-        hidden: Sequence[int] = (64, 64),
+        n_layers: int = 24,
+        hidden: Sequence[int] = (32, 32),
         coupling: str = "affine",
-        steps: int | str = "auto",
+        steps: int | str = 3000,
         batch_size: int = 512,
-        lr: float = 1e-3,
+        lr: float = 5e-3,
         weight_decay: float | str = "auto",
+        clip_grad: float = 3.0,
         val_fraction: float = 0.1,
-        patience: int = 10,
+        patience: int = 0,
         contamination: float | str = "auto",
         flow_kwargs: dict[str, Any] | None = None,
         device: str = "cpu",
@@ -126,6 +135,7 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
+        self.clip_grad = clip_grad
         self.val_fraction = val_fraction
         self.patience = patience
         self.contamination = contamination
@@ -157,7 +167,7 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         return fit(
             flow, train, val_data=val, steps=steps, batch_size=int(self.batch_size),
             lr=float(self.lr), weight_decay=self.weight_decay, warmup=min(100, steps // 10),
-            eval_every=max(1, min(100, steps // 50)),
+            clip_grad=float(self.clip_grad), eval_every=max(1, min(100, steps // 10)),
             patience=int(self.patience) if val is not None else 0, seed=seed,
             device=self.device, progress=bool(self.verbose),
             columns=None if names is None else [str(c) for c in names],
@@ -174,8 +184,9 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         """The untrained flow, its initial weights drawn from ``seed`` (global RNG untouched)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
+            kwargs = {"scale_bound": DEFAULT_SCALE_BOUND, **(self.flow_kwargs or {})}
             flow = RealNVP(dim, n_layers=int(self.n_layers), hidden=tuple(self.hidden),
-                           coupling=self.coupling, seed=seed, **(self.flow_kwargs or {}))
+                           coupling=self.coupling, seed=seed, **kwargs)
         return flow.to(torch.float32)
 
     def _check_params(self) -> None:
@@ -194,6 +205,8 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
             _is_real(self.weight_decay) and 0 <= self.weight_decay < math.inf
         ):
             raise ValueError(f"Expected weight_decay 'auto' or >= 0; got {self.weight_decay!r}")
+        if not _is_real(self.clip_grad) or not 0 <= self.clip_grad < math.inf:
+            raise ValueError(f"Expected clip_grad >= 0; got {self.clip_grad!r}")
         if not _is_real(self.val_fraction) or not 0 <= self.val_fraction < 1:
             raise ValueError(f"Expected val_fraction in [0, 1); got {self.val_fraction!r}")
         _check_int("patience", self.patience, 0)
@@ -320,6 +333,7 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
 
         kwargs = dict((flow.spec or {}).get("kwargs", {}))
         defaults = {name: p.default for name, p in inspect.signature(RealNVP).parameters.items()}
+        defaults["scale_bound"] = DEFAULT_SCALE_BOUND  # what the estimator builds unless told
         params: dict[str, Any] = {"n_layers": kwargs.get("n_layers", 8),
                                   "hidden": tuple(kwargs.get("hidden", (64, 64))),
                                   "coupling": kwargs.get("coupling", "affine")}
@@ -331,7 +345,7 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
             else {}
         config = record.get("config", {})
         for ours, theirs in (("steps", "steps"), ("batch_size", "batch_size"), ("lr", "lr"),
-                             ("weight_decay", "weight_decay"),
+                             ("weight_decay", "weight_decay"), ("clip_grad", "clip_grad"),
                              ("val_fraction", "val_fraction"), ("patience", "patience"),
                              ("random_state", "seed"), ("device", "device")):
             if theirs in config:
