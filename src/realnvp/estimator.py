@@ -334,9 +334,9 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         kwargs = dict((flow.spec or {}).get("kwargs", {}))
         defaults = {name: p.default for name, p in inspect.signature(RealNVP).parameters.items()}
         defaults["scale_bound"] = DEFAULT_SCALE_BOUND  # what the estimator builds unless told
-        params: dict[str, Any] = {"n_layers": kwargs.get("n_layers", 8),
-                                  "hidden": tuple(kwargs.get("hidden", (64, 64))),
-                                  "coupling": kwargs.get("coupling", "affine")}
+        params: dict[str, Any] = {"n_layers": kwargs.get("n_layers", defaults["n_layers"]),
+                                  "hidden": tuple(kwargs.get("hidden", defaults["hidden"])),
+                                  "coupling": kwargs.get("coupling", defaults["coupling"])}
         extra_kwargs = {k: v for k, v in kwargs.items()
                         if k not in _RESERVED and _jsonable(defaults.get(k)) != v}
         params["flow_kwargs"] = extra_kwargs or None
