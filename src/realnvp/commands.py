@@ -307,26 +307,29 @@ def _run_columns(run: Path, dim: int, extra: dict[str, Any] | None = None) -> li
     ``realnvp train`` model or a saved estimator), else ``x0, x1, ...``."""
     from realnvp.io import load_with_extra
 
+    def named(columns: Any) -> bool:
+        return isinstance(columns, list) and len(columns) == dim
+
     folder = run if run.is_dir() else None
-    candidates = []
     if folder is not None and (folder / runs.CONFIG_FILE).is_file():
-        candidates.append(runs.read_config(folder).get("columns"))
-    if extra is None:
+        columns = runs.read_config(folder).get("columns")
+        if named(columns):
+            return [str(c) for c in columns]
+    if extra is None:  # only now: the model file need not be read again for a run folder
         extra = load_with_extra(run)[1]
-    candidates += [extra.get("columns"),
-                   (extra.get("estimator") or {}).get("feature_names_in_")]
-    for columns in candidates:
-        if isinstance(columns, list) and len(columns) == dim:
+    for columns in (extra.get("columns"), (extra.get("estimator") or {}).get("feature_names_in_")):
+        if named(columns):
             return [str(c) for c in columns]
     return [f"x{i}" for i in range(dim)]
 
 
-def _default_columns(run: Path, file: str | Path, dim: int) -> str | None:
+def _default_columns(run: Path, file: str | Path, dim: int,
+                     extra: dict[str, Any] | None = None) -> str | None:
     """The run's training columns, to pick from a file by name; None (by position) when
     the run's columns had no names or the file has none (NPY, a header-less table)."""
     from realnvp.datasets.files import iter_table_chunks
 
-    trained = _run_columns(run, dim)
+    trained = _run_columns(run, dim, extra)
     if all(re.fullmatch(r"x\d+", c) for c in trained) or trained == ["x", "y"]:
         return None
     names, _ = iter_table_chunks(file, chunk_rows=1)
@@ -353,16 +356,16 @@ def score(run: Path, file: Path, columns: str | None, out: Path | None,
           contamination: float | None, chunk_rows: int) -> None:
     """``realnvp score``: stream FILE in chunks, write log_prob per row."""
     from realnvp.datasets.files import iter_table_chunks
-    from realnvp.io import load
+    from realnvp.io import load_with_extra
 
     if chunk_rows < 1:
         raise ValueError(f"Expected --chunk-rows >= 1; got {chunk_rows}")
     threshold = None
     if contamination is not None:
         threshold = _outlier_threshold(run, contamination)
-    flow = load(run)
+    flow, extra = load_with_extra(run)
     if columns is None:
-        columns = _default_columns(run, file, flow.dim)
+        columns = _default_columns(run, file, flow.dim, extra)
     _check_output(out)
     if out is not None and out.suffix.lower() != ".csv":
         raise ValueError(f"{out}: score streams its rows out as CSV; give --out a .csv name")

@@ -128,8 +128,12 @@ class FastStep:
         xs = h.tensor_split(parts)
         spares = c.spare_grads(parts - 1)
         grads = [c.grads, *spares]
-        sums = on_threads([lambda i=i: self._part(k, c, xs[i], grads[i], batch)
-                           for i in range(parts)])
+
+        def part(i: int) -> Tensor:
+            with flushing_denormals():  # a worker thread does not share fit's mode
+                return self._part(k, c, xs[i], grads[i], batch)
+
+        sums = on_threads([lambda i=i: part(i) for i in range(parts)])
         flat = [g for layer in c.grads for g in layer]
         for spare in spares:
             torch._foreach_add_(flat, [g for layer in spare for g in layer])
@@ -140,7 +144,7 @@ class FastStep:
         """Forward and backward of rows ``h`` of a batch of ``batch``; writes their share of
         the gradient into ``grads`` and returns their summed loss (less the constant)."""
         columns = c.columns  # kinds, the halves (4), params, bounds (2), consts, relus
-        with torch.no_grad(), flushing_denormals():  # on a worker too, as fit does
+        with torch.no_grad():
             z, log_det, tapes = k.train_forward(h, *columns, use_onednn(h))
             total = 0.5 * z.square().sum() - log_det.sum()
             g_log_det = torch.full((), -1.0 / batch, dtype=z.dtype, device=z.device)
