@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from realnvp.bijections._blocks import autocast_enabled
+from realnvp.bijections._pieces import lookup
 
 __all__ = ["COUPLING", "PERMUTE", "Kernels", "bound_constants", "chain_backward", "chain_forward",
            "chain_forward_train", "chain_inverse", "coupling_backward", "coupling_forward",
@@ -168,6 +169,23 @@ def _head(a: Tensor, w: Tensor, b: Tensor, d2: int, onednn: bool) -> tuple[Tenso
     return out[:, :d2], out[:, d2:]
 
 
+def _conditioner(a: Tensor, params: list[Tensor], relu: bool, onednn: bool,
+                 work: Optional[list[Tensor]], d2: int,  # noqa: UP045
+                 ) -> tuple[Tensor, Tensor, list[Tensor]]:
+    """``(raw log-scale, shift, activations)`` of the conditioner at ``a``.
+
+    ``params`` are the MLP's weights and biases, or (a 1-D first entry) the two tables of
+    its linear pieces (:mod:`realnvp.bijections._pieces`; scoring only, no activations).
+    """
+    if params[0].dim() == 1:
+        out = lookup(a, params[0], params[1])
+        return out[:, :d2], out[:, d2:], [a]
+    acts = _hidden(a, params, relu, onednn, work)
+    n = len(params) // 2
+    s, shift = _head(acts[-1], params[2 * n - 2], params[2 * n - 1], d2, onednn)
+    return s, shift, acts
+
+
 def coupling_forward(
     h: Tensor, kept: Tensor, transformed: Tensor, kept_view: list[int],
     transformed_view: list[int], params: list[Tensor], input_bound: float, scale_bound: float,
@@ -190,9 +208,7 @@ def coupling_forward(
     if input_bound > 0:
         squashed = torch.tanh(x1 * consts[1])
         a = squashed * consts[0]
-    acts = _hidden(a, params, relu, onednn, work)
-    n = len(params) // 2
-    s, shift = _head(acts[-1], params[2 * n - 2], params[2 * n - 1], x2.shape[1], onednn)
+    s, shift, acts = _conditioner(a, params, relu, onednn, work, x2.shape[1])
     ts = empty
     if scale_bound > 0:
         ts = torch.tanh(s * consts[3])
@@ -251,9 +267,7 @@ def coupling_inverse(
     a = z1
     if input_bound > 0:
         a = torch.tanh(z1 * consts[1]) * consts[0]
-    n = len(params) // 2
-    a = _hidden(a, params, relu, onednn, work)[-1]
-    s, shift = _head(a, params[2 * n - 2], params[2 * n - 1], z2.shape[1], onednn)
+    s, shift, _ = _conditioner(a, params, relu, onednn, work, z2.shape[1])
     neg_s = torch.tanh(s * consts[3]) * consts[5] if scale_bound > 0 else -s
     x2 = (z2 - shift) * torch.exp(neg_s)
     return merge_columns(z1, x2, kept, transformed, kept_view, transformed_view), neg_s.sum(1)

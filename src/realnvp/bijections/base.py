@@ -48,6 +48,11 @@ class Bijection(nn.Module):
         default): then :class:`Chain` calls it as a module."""
         return None
 
+    def _scoring_spec(self, rows: int) -> tuple[Any, ...] | None:
+        """:meth:`_fused_spec` for scoring or sampling ``rows`` rows now; a layer may swap in
+        cheaper exact parameters there (tables of a conditioner's linear pieces)."""
+        return self._fused_spec()
+
 
 class Inverse(Bijection):
     """The inverse of a bijection: ``forward`` runs ``bijection.inverse`` and vice versa.
@@ -118,7 +123,7 @@ class Chain(Bijection):
         fusing = not torch.is_grad_enabled() and not _global_hooks() and not autocast_enabled()
         run: list[tuple[Any, ...]] = []
         for layer in layers:
-            spec = layer._fused_spec() if fusing else None
+            spec = layer._scoring_spec(x.shape[0]) if fusing else None
             if spec is not None:
                 run.append(spec)
                 continue

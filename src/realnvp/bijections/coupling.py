@@ -16,6 +16,7 @@ from realnvp.bijections._kernels import (
     run_chain,
     take_columns,
 )
+from realnvp.bijections._pieces import PieceTables
 from realnvp.bijections.base import Bijection
 from realnvp.nn import MLP
 
@@ -150,6 +151,7 @@ class AffineCoupling(Coupling):
             raise ValueError(f"Expected a positive scale_bound or None; got {scale_bound}")
         self.scale_bound = scale_bound
         self._consts: tuple[Any, list[Tensor]] = (None, [])
+        self._pieces = PieceTables()
 
     def _constants_key(self, like: Tensor) -> tuple[Any, ...]:
         """What :meth:`_constants` depend on: the bounds, and the parameters' dtype and device."""
@@ -182,17 +184,35 @@ class AffineCoupling(Coupling):
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self._scripted():  # scoring and sampling: the compiled kernels
-            return run_chain([self._kernel_spec()], x, inverse=False)
+            return run_chain([self._scoring_kernel_spec(x.shape[0])], x, inverse=False)
         return super().forward(x, context)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self._scripted():
-            return run_chain([self._kernel_spec()], z, inverse=True)
+            return run_chain([self._scoring_kernel_spec(z.shape[0])], z, inverse=True)
         return super().inverse(z, context)
 
     def _kernel_spec(self) -> tuple[Any, ...]:
         """This coupling as an entry of the chain kernels (see :func:`run_chain`)."""
         return (COUPLING, *self._halves(), *self._kernel_args())
+
+    def _scoring_kernel_spec(self, rows: int) -> tuple[Any, ...]:
+        """:meth:`_kernel_spec` with the tables of the conditioner's linear pieces in place of
+        its weights where they exist (:mod:`realnvp.bijections._pieces`): a one-input ReLU
+        conditioner on the CPU, after enough rows scored with the same weights."""
+        spec = self._kernel_spec()
+        params = spec[5]
+        if (self.activation != "relu" or params[0].shape[1] != 1
+                or params[0].device.type != "cpu"
+                or params[0].dtype not in (torch.float32, torch.float64)):
+            return spec
+        tables = self._pieces.get(params, self.input_bound, rows)
+        return spec if tables is None else (*spec[:5], tables, *spec[6:])
+
+    def _scoring_spec(self, rows: int) -> tuple[Any, ...] | None:
+        if self._fused_spec() is None:
+            return None
+        return self._scoring_kernel_spec(rows)
 
     def _fused_spec(self) -> tuple[Any, ...] | None:
         if (not self._scripted() or self._forward_hooks or self._forward_pre_hooks
