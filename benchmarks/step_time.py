@@ -14,7 +14,8 @@ prints the medians: ``blocks`` (scoring and sampling ``--points`` rows in the ro
 :mod:`realnvp.bijections._blocks`), ``workspace`` (the same with and without the reused
 activation buffers of :func:`realnvp.bijections._kernels.workspace`), ``split`` (training
 steps of ``--batch`` rows on ``--threads`` threads, split into row parts or whole:
-:mod:`realnvp.training.fast`). ``--blocks`` is ``--compare blocks``.
+:mod:`realnvp.training.fast`), ``tables`` (scoring and sampling with the tables of
+:mod:`realnvp.bijections._pieces` or without). ``--blocks`` is ``--compare blocks``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import time  # noqa: E402
 import torch  # noqa: E402
 
 import realnvp  # noqa: E402
-from realnvp.bijections import _blocks, _kernels  # noqa: E402
+from realnvp.bijections import _blocks, _kernels, _pieces  # noqa: E402
 from realnvp.training import fast  # noqa: E402
 from realnvp.training.fit import TrainStep  # noqa: E402
 
@@ -38,6 +39,7 @@ SWITCHES = {  # feature -> (module, setting, value that turns the feature off)
     "blocks": (_blocks, "BLOCK_ROWS", 10**12),
     "workspace": (_kernels, "WORKSPACE_BYTES", 0),
     "split": (fast, "SPLIT_ROWS", 10**12),
+    "tables": (_pieces, "USE_TABLES", False),
 }
 
 

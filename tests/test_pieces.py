@@ -74,9 +74,9 @@ def test_float32_tables_are_closer_to_float64_than_float32_products() -> None:
 
 
 def _flow(dim: int = 2, dtype: torch.dtype = torch.float64, input_bound: float | None = 10.0,
-          **kwargs) -> realnvp.RealNVP:
+          hidden: tuple[int, ...] = (64, 64), **kwargs) -> realnvp.RealNVP:
     torch.manual_seed(0)
-    flow = realnvp.RealNVP(dim, n_layers=6, hidden=(32, 32), **kwargs).to(dtype)
+    flow = realnvp.RealNVP(dim, n_layers=6, hidden=hidden, **kwargs).to(dtype)
     for coupling in _couplings(flow):
         coupling.input_bound = input_bound
     with torch.no_grad():
@@ -110,9 +110,15 @@ def test_flow_scores_and_samples_with_tables(monkeypatch: pytest.MonkeyPatch,
         z = torch.randn(3000, 2, dtype=dtype)
         back, _ = flow.bijection.inverse(z)
         again, _ = flow.bijection.forward(back)
+        monkeypatch.setattr(_pieces, "USE_TABLES", False)
+        back_products, _ = flow.bijection.inverse(z)
+        again_products, _ = flow.bijection.forward(back_products)
     tol = 1e-10 if dtype == torch.float64 else 2e-4
     assert torch.allclose(scored, _reference(flow, x), rtol=tol, atol=tol)
-    assert torch.allclose(again, z, rtol=tol, atol=tol)
+    # The round trip in float32 is as good as the matrix products' (these flows stretch
+    # some points to |x| ~ 1e3, where float32 rounds at 1e-4).
+    error, products_error = (again - z).abs().max(), (again_products - z).abs().max()
+    assert error <= 2 * products_error + (1e-12 if dtype == torch.float64 else 1e-5)
 
 
 def test_tables_follow_edits_that_bypass_version_counters(monkeypatch: pytest.MonkeyPatch,
@@ -142,11 +148,10 @@ def test_tables_wait_for_enough_rows_and_stay_out_of_training() -> None:
         assert coupling._fused_spec()[5][0] is params[0]  # the training step's weights
 
 
-def test_wide_inputs_and_other_activations_keep_the_products(monkeypatch: pytest.MonkeyPatch,
-                                                             ) -> None:
+def test_wide_inputs_narrow_conditioners_and_other_activations_keep_the_products(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_pieces, "TABLE_MIN_ROWS", 0)
-    x = torch.randn(100, 4)
-    for flow in (_flow(dim=4), _flow(activation="tanh")):
+    for flow in (_flow(dim=4), _flow(activation="tanh"), _flow(hidden=(32, 32))):
         x = torch.randn(100, flow.dim)
         with torch.no_grad():
             flow.log_prob(x), flow.log_prob(x)

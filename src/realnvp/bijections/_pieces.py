@@ -39,15 +39,33 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_PIECES", "TABLE_MIN_ROWS", "PieceTables", "lookup", "relu_pieces"]
+__all__ = ["MAX_PIECES", "TABLE_MIN_MACS", "TABLE_MIN_ROWS", "USE_TABLES", "PieceTables",
+           "lookup", "relu_pieces", "worth_tables"]
+
+USE_TABLES = True
+"""Set False to score and sample with the conditioners' matrix products everywhere."""
 
 TABLE_MIN_ROWS = 16384
 """Rows scored with unchanged parameters before their tables are made (a few ms each)."""
+
+TABLE_MIN_MACS = 3000
+"""Hidden-to-hidden multiply-adds per row from which the tables beat the matrix products.
+
+A lookup costs about as much as a few elementwise passes over the batch, whatever the
+width: ``benchmarks/step_time.py --compare tables`` (8 couplings, 8192 points) measured
+tables on / off at 5.9 / 4.8 ms for 32-32 conditioners, 6.0 / 6.0 for 48-48, 6.4 / 9.4
+for 64-64 and 8.7 / 24.2 for 128-128."""
 
 MAX_PIECES = 16384
 """Above this many linear pieces a conditioner keeps its matrix products."""
 
 _BUILDING = threading.Lock()  # row blocks score on several threads; one of them builds
+
+
+def worth_tables(params: list[Tensor]) -> bool:
+    """Whether a one-input conditioner with these weights is wide enough for the tables."""
+    hidden = params[2:-2:2]  # weights between hidden layers
+    return sum(w.numel() for w in hidden) >= TABLE_MIN_MACS
 
 
 def relu_pieces(params: list[Tensor], lo: float, hi: float, max_pieces: int

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from realnvp.bijections import _pieces
 from realnvp.bijections._fused import FUSED_ACTIVATIONS, fused_affine
 from realnvp.bijections._kernels import (
     COUPLING,
@@ -16,7 +17,6 @@ from realnvp.bijections._kernels import (
     run_chain,
     take_columns,
 )
-from realnvp.bijections._pieces import PieceTables
 from realnvp.bijections.base import Bijection
 from realnvp.nn import MLP
 
@@ -151,7 +151,7 @@ class AffineCoupling(Coupling):
             raise ValueError(f"Expected a positive scale_bound or None; got {scale_bound}")
         self.scale_bound = scale_bound
         self._consts: tuple[Any, list[Tensor]] = (None, [])
-        self._pieces = PieceTables()
+        self._pieces = _pieces.PieceTables()
 
     def _constants_key(self, like: Tensor) -> tuple[Any, ...]:
         """What :meth:`_constants` depend on: the bounds, and the parameters' dtype and device."""
@@ -198,13 +198,15 @@ class AffineCoupling(Coupling):
 
     def _scoring_kernel_spec(self, rows: int) -> tuple[Any, ...]:
         """:meth:`_kernel_spec` with the tables of the conditioner's linear pieces in place of
-        its weights where they exist (:mod:`realnvp.bijections._pieces`): a one-input ReLU
-        conditioner on the CPU, after enough rows scored with the same weights."""
+        its weights where they pay (:mod:`realnvp.bijections._pieces`): a one-input ReLU
+        conditioner of 64-64 or wider, on the CPU, after enough rows scored with the same
+        weights."""
         spec = self._kernel_spec()
         params = spec[5]
-        if (self.activation != "relu" or params[0].shape[1] != 1
+        if (not _pieces.USE_TABLES or self.activation != "relu" or params[0].shape[1] != 1
                 or params[0].device.type != "cpu"
-                or params[0].dtype not in (torch.float32, torch.float64)):
+                or params[0].dtype not in (torch.float32, torch.float64)
+                or not _pieces.worth_tables(params)):
             return spec
         tables = self._pieces.get(params, self.input_bound, rows)
         return spec if tables is None else (*spec[:5], tables, *spec[6:])
