@@ -15,7 +15,9 @@ prints the medians: ``blocks`` (scoring and sampling ``--points`` rows in the ro
 activation buffers of :func:`realnvp.bijections._kernels.workspace`), ``split`` (training
 steps of ``--batch`` rows on ``--threads`` threads, split into row parts or whole:
 :mod:`realnvp.training.fast`), ``tables`` (scoring and sampling with the tables of
-:mod:`realnvp.bijections._pieces` or without). ``--blocks`` is ``--compare blocks``.
+:mod:`realnvp.bijections._pieces` or without), ``train-buffers`` (training steps of
+``--batch`` rows with each row part's activations in buffers kept between steps, or fresh:
+:data:`realnvp.training.fast.TRAIN_WORKSPACE`). ``--blocks`` is ``--compare blocks``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ SWITCHES = {  # feature -> (module, setting, value that turns the feature off)
     "workspace": (_kernels, "WORKSPACE_BYTES", 0),
     "split": (fast, "SPLIT_ROWS", 10**12),
     "tables": (_pieces, "USE_TABLES", False),
+    "train-buffers": (fast, "TRAIN_WORKSPACE", False),
 }
 
 
@@ -98,7 +101,7 @@ def main() -> None:
         print(f"TrainStep {args.layers} x {args.hidden}-{args.hidden}, batch {args.batch}, "
               f"{args.threads} thread(s): {ms:.2f} ms")
         return
-    if feature == "split":
+    if feature in ("split", "train-buffers"):
         step = TrainStep(flow, lr=1e-6)
         x = torch.randn(args.batch, 2, generator=torch.Generator().manual_seed(1))
         work = {"training step": lambda: step(x)}
@@ -110,7 +113,7 @@ def main() -> None:
     module, name, off = SWITCHES[feature]
     on = getattr(module, name)
     times: dict[str, list[float]] = {}
-    with torch.inference_mode(feature != "split"):
+    with torch.inference_mode(feature not in ("split", "train-buffers")):
         for _ in range(args.rounds):
             for label, value in ((f"{feature} on", on), (f"{feature} off", off)):
                 setattr(module, name, value)

@@ -231,3 +231,39 @@ def test_subclasses_with_their_own_maps_are_not_fused() -> None:
         z, log_det = chain(x)
     torch.testing.assert_close(z, 4 * x)
     torch.testing.assert_close(log_det, torch.full((5,), 4 * math.log(2)))
+
+
+@pytest.mark.parametrize("kwargs", [{"dim": 2}, {"dim": 5, "hidden": (16, 24, 16)}],
+                         ids=["2d", "5d-three-hidden"])
+def test_reused_activation_buffers_give_the_same_step(kwargs: dict,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large row parts keep their activations in buffers between steps: same loss and
+    gradients as fresh tensors, step after step (each step overwrites the last one's)."""
+    from realnvp.bijections import _kernels
+    from realnvp.training import fast
+
+    kwargs = {"hidden": (32, 32), **kwargs}
+    flow = randomize(realnvp.RealNVP(n_layers=4, **kwargs), std=0.3).train()
+    for p in flow.parameters():
+        p.grad = torch.zeros_like(p)
+    step = fast_step_for(flow)
+    rows = 4096  # float64 parts of 2048 rows (2 threads), 16+ wide: 256 KiB activations
+    assert _kernels.TRAINING_WORKSPACE_MIN_BYTES <= 2048 * 16 * 8
+    xs = [torch.randn(rows, kwargs["dim"]) * 2 for _ in range(2)]
+    results = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # (more threads would make smaller parts)
+    try:
+        for on in (False, True):
+            monkeypatch.setattr(fast, "TRAIN_WORKSPACE", on)
+            for i, x in enumerate(xs):
+                loss = step(x)
+                results[on, i] = (loss, [p.grad.clone() for p in flow.parameters()])
+    finally:
+        torch.set_num_threads(threads)
+    assert all(kept[1][1] for kept in step._stack()._work.values())  # the buffers were used
+    for i in range(len(xs)):
+        (loss_off, grads_off), (loss_on, grads_on) = results[False, i], results[True, i]
+        assert torch.allclose(loss_on, loss_off, rtol=1e-13, atol=0)
+        for a, b in zip(grads_on, grads_off, strict=True):
+            assert torch.allclose(a, b, rtol=1e-11, atol=1e-13)

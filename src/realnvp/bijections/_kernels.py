@@ -27,7 +27,7 @@ from realnvp.bijections._pieces import lookup
 __all__ = ["COUPLING", "PERMUTE", "Kernels", "bound_constants", "chain_backward", "chain_forward",
            "chain_forward_train", "chain_inverse", "coupling_backward", "coupling_forward",
            "coupling_inverse", "hidden_width", "kernels", "merge_columns", "run_chain",
-           "take_columns", "use_onednn", "workspace"]
+           "take_columns", "training_workspace", "use_onednn", "workspace"]
 
 ONEDNN_MIN_ROWS = 2048
 """Below this many rows the fused oneDNN layer costs more to set up than it saves."""
@@ -66,14 +66,15 @@ def _layer(a: Tensor, w: Tensor, b: Tensor, relu: bool, onednn: bool,
 def _hidden(a: Tensor, params: list[Tensor], relu: bool, onednn: bool,
             work: Optional[list[Tensor]]) -> list[Tensor]:  # noqa: UP045
     """The conditioner's input and hidden activations, ``[a, act_1, ..., act_n-1]``; with
-    a ``work`` pair of flat buffers the activations are written into them in turn."""
+    ``work`` flat buffers the activations are written into them in turn (scoring passes a
+    pair, used alternately; the training step one buffer per hidden layer)."""
     acts: list[Tensor] = [a]
     rows = a.shape[0]
     for k in range(len(params) // 2 - 1):
         out: Optional[Tensor] = None  # noqa: UP045
-        if work is not None and len(work) == 2:
+        if work is not None and len(work) > 0:
             width = params[2 * k].shape[0]
-            out = work[k % 2][: rows * width].view(rows, width)
+            out = work[k % len(work)][: rows * width].view(rows, width)
         acts.append(_layer(acts[-1], params[2 * k], params[2 * k + 1], relu, onednn, out))
     return acts
 
@@ -92,6 +93,14 @@ def hidden_width(params: list[Tensor]) -> int:
     return max([params[2 * k].shape[0] for k in range(len(params) // 2 - 1)] + [0])
 
 
+def _keeps_buffers(rows: int, width: int, like: Tensor) -> bool:
+    """Whether activations of ``rows`` x ``width`` like ``like`` go into reused buffers."""
+    need = rows * width
+    return not (rows < WORKSPACE_MIN_ROWS or like.device.type != "cpu" or need == 0
+                or need * like.element_size() > WORKSPACE_BYTES
+                or autocast_enabled())  # (under autocast, buffers would bypass its casts)
+
+
 def workspace(rows: int, width: int, like: Tensor) -> list[Tensor]:
     """This thread's pair of flat buffers for hidden activations of ``rows`` rows and up to
     ``width`` columns, reused from call to call; ``[]`` where none applies (not the CPU,
@@ -104,9 +113,8 @@ def workspace(rows: int, width: int, like: Tensor) -> list[Tensor]:
     only the kernels' intermediate activations live in them (never a returned tensor).
     """
     need = rows * width
-    if (rows < WORKSPACE_MIN_ROWS or like.device.type != "cpu" or need == 0
-            or need * like.element_size() > WORKSPACE_BYTES or autocast_enabled()):
-        return []  # (under autocast, writing into buffers would bypass its casts)
+    if not _keeps_buffers(rows, width, like):
+        return []
     pair = getattr(_workspaces, "pair", None)
     if pair is None or pair[0].numel() < need or pair[0].dtype != like.dtype:
         with torch.inference_mode(False):
@@ -141,6 +149,42 @@ def merge_columns(x1: Tensor, x2: Tensor, kept: Tensor, transformed: Tensor,
     out = x1.new_empty(x1.shape[0], x1.shape[1] + x2.shape[1])
     out.index_copy_(1, kept, x1)
     return out.index_copy_(1, transformed, x2)
+
+
+TRAINING_WORKSPACE_MIN_BYTES = 256 << 10
+"""Activations of a training step's row part from which it keeps them in buffers.
+
+``benchmarks/step_time.py --compare train-buffers`` (buffers on / off, medians of 21
+alternated rounds): 8 x 64-64 at batch 4096 on 2 threads 22.65 / 24.13 ms, batch 2048 on 1
+thread 20.04 / 22.14; medians of 7: 24 x 32-32 at batch 4096 on 2 threads 35.29 / 37.38, at
+256 KiB (8 x 64-64, batch 1024) 12.05 / 12.13; below it no faster: batch 512, 8 x 64-64
+9.32 / 9.00 and 24 x 32-32 17.04 / 15.36 (small allocations come from the heap, still warm
+in the cache; for scale, one code path timed against itself moved by 7%)."""
+
+
+def training_workspace(params: list[list[Tensor]], rows: int, like: Tensor
+                       ) -> tuple[list[list[Tensor]], list[Tensor]]:
+    """Buffers for one training step of ``rows`` rows through layers with conditioner
+    weights ``params`` (an empty list for a permutation): per layer, one flat buffer per
+    hidden layer (the activations the backward pass reads), and a pair for the backward
+    pass's activation gradients. ``([[], ...], [])`` where :func:`workspace` keeps none.
+
+    Each step would otherwise allocate every activation afresh, and an allocation of a
+    quarter of a megabyte or more is often a new mapping from glibc, page-faulted in again
+    on every step (about 900 faults per step at batch 4096, 8 x 64-64): the caller keeps
+    these between steps (``realnvp.training.fast``). Smaller activations come from the
+    heap, still warm in the cache, and go without buffers (see
+    :data:`TRAINING_WORKSPACE_MIN_BYTES`).
+    """
+    widths = [[p[2 * k].shape[0] for k in range(len(p) // 2 - 1)] for p in params]
+    widest = max([w for layer in widths for w in layer] + [0])
+    if (rows * widest * like.element_size() < TRAINING_WORKSPACE_MIN_BYTES
+            or not _keeps_buffers(rows, widest, like)):
+        return [[] for _ in params], []
+    with torch.inference_mode(False):
+        forward = [[like.new_empty(rows * w) for w in layer] for layer in widths]
+        backward = [like.new_empty(rows * widest) for _ in range(2)]
+    return forward, backward
 
 
 def bound_constants(input_bound: float, scale_bound: float, like: Tensor) -> list[Tensor]:
@@ -222,11 +266,13 @@ def coupling_forward(
 def coupling_backward(
     g: Tensor, kept: Tensor, transformed: Tensor, kept_view: list[int],
     transformed_view: list[int], params: list[Tensor], grads: list[Tensor], tape: list[Tensor],
-    g_log_det: Tensor, one: Tensor, relu: bool,
+    g_log_det: Tensor, one: Tensor, relu: bool, work: list[Tensor],
 ) -> Tensor:
     """One affine coupling, backward: writes weight gradients, returns d loss / d input.
 
-    ``g_log_det`` is d loss / d log-det (a 0-dim tensor) and ``one`` a 0-dim 1.
+    ``g_log_det`` is d loss / d log-det (a 0-dim tensor) and ``one`` a 0-dim 1. ``work``:
+    two flat buffers for the gradients of the hidden activations, used alternately (or
+    ``[]``: fresh tensors).
     """
     squashed, ts, exp_s, x2 = tape[0], tape[1], tape[2], tape[3]
     acts = tape[4:]
@@ -241,7 +287,12 @@ def coupling_backward(
     for k in range(n - 1, -1, -1):
         torch.mm(g_h.t(), acts[k], out=grads[2 * k])
         torch.sum(g_h, 0, out=grads[2 * k + 1])
-        g_h = g_h.mm(params[2 * k])
+        if len(work) == 2:
+            width = params[2 * k].shape[1]
+            out = work[(n - 1 - k) % 2][: g_h.shape[0] * width].view(g_h.shape[0], width)
+            g_h = torch.mm(g_h, params[2 * k], out=out)
+        else:
+            g_h = g_h.mm(params[2 * k])
         if k > 0:
             if relu:
                 # In place: g_h is this layer's own fresh product.
@@ -282,7 +333,7 @@ def chain_forward_train(
     h: Tensor, kinds: list[int], kept: list[Tensor], transformed: list[Tensor],
     kept_views: list[list[int]], transformed_views: list[list[int]], params: list[list[Tensor]],
     input_bounds: list[float], scale_bounds: list[float], consts: list[list[Tensor]],
-    relus: list[bool], onednn: bool,
+    relus: list[bool], onednn: bool, work: list[list[Tensor]],
 ) -> tuple[Tensor, Tensor, list[list[Tensor]]]:
     """A stack of affine couplings and permutations, forward, for the training step.
 
@@ -290,6 +341,8 @@ def chain_forward_train(
     few small operations); per layer, the arguments of :func:`coupling_forward`. Returns
     ``(z, log-det, tapes)``. Compiled on its own, so the training batch shape never displaces
     the scoring shapes of the per-layer kernels (TorchScript's GPU specialisation).
+    ``work``: per layer, one flat buffer per hidden layer for the activations the backward
+    pass needs (see :func:`training_workspace`), or an empty list per layer.
     """
     log_det = h.new_zeros(h.shape[0])
     tapes: list[list[Tensor]] = []
@@ -300,7 +353,8 @@ def chain_forward_train(
         else:
             h, s_sum, tape = coupling_forward(h, kept[i], transformed[i], kept_views[i],
                                               transformed_views[i], params[i], input_bounds[i],
-                                              scale_bounds[i], consts[i], relus[i], onednn)
+                                              scale_bounds[i], consts[i], relus[i], onednn,
+                                              work[i])
             log_det.add_(s_sum)
             tapes.append(tape)
     return h, log_det, tapes
@@ -310,17 +364,18 @@ def chain_backward(
     g: Tensor, kinds: list[int], kept: list[Tensor], transformed: list[Tensor],
     kept_views: list[list[int]], transformed_views: list[list[int]], params: list[list[Tensor]],
     grads: list[list[Tensor]], tapes: list[list[Tensor]], g_log_det: Tensor,
-    consts: list[list[Tensor]], relus: list[bool],
+    consts: list[list[Tensor]], relus: list[bool], work: list[Tensor],
 ) -> Tensor:
     """The backward pass of :func:`chain_forward_train`: writes every layer's weight
-    gradients and returns d loss / d input."""
+    gradients and returns d loss / d input. ``work``: two flat buffers for the hidden
+    activations' gradients (see :func:`training_workspace`), or ``[]``."""
     for i in range(len(kinds) - 1, -1, -1):
         if kinds[i] == 1:  # PERMUTE (TorchScript reads no global constants)
             g = g.index_select(1, transformed[i])
         else:
             g = coupling_backward(g, kept[i], transformed[i], kept_views[i], transformed_views[i],
                                   params[i], grads[i], tapes[i], g_log_det, consts[i][4],
-                                  relus[i])
+                                  relus[i], work)
     return g
 
 

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from realnvp.bijections import Standardize
 from realnvp.bijections._blocks import flushing_denormals, on_threads
-from realnvp.bijections._kernels import PERMUTE, kernels, use_onednn
+from realnvp.bijections._kernels import PERMUTE, kernels, training_workspace, use_onednn
 from realnvp.distributions import DiagonalNormal, StandardNormal
 from realnvp.flow import Flow
 
@@ -124,14 +124,14 @@ class FastStep:
             return None
         parts = _parts(x)
         if parts == 1:
-            return self._part(k, c, h, c.grads, batch) / batch + const
+            return self._part(k, c, h, c.grads, batch, 0) / batch + const
         xs = h.tensor_split(parts)
         spares = c.spare_grads(parts - 1)
         grads = [c.grads, *spares]
 
         def part(i: int) -> Tensor:
             with flushing_denormals():  # a worker thread does not share fit's mode
-                return self._part(k, c, xs[i], grads[i], batch)
+                return self._part(k, c, xs[i], grads[i], batch, i)
 
         sums = on_threads([lambda i=i: part(i) for i in range(parts)])
         flat = [g for layer in c.grads for g in layer]
@@ -140,18 +140,24 @@ class FastStep:
         return sum(sums) / batch + const
 
     @staticmethod
-    def _part(k: Any, c: _Chain, h: Tensor, grads: list[list[Tensor]], batch: int) -> Tensor:
-        """Forward and backward of rows ``h`` of a batch of ``batch``; writes their share of
-        the gradient into ``grads`` and returns their summed loss (less the constant)."""
+    def _part(k: Any, c: _Chain, h: Tensor, grads: list[list[Tensor]], batch: int,
+              index: int) -> Tensor:
+        """Forward and backward of rows ``h`` (part ``index``) of a batch of ``batch``; writes
+        their share of the gradient into ``grads`` and returns their summed loss (less the
+        constant)."""
         columns = c.columns  # kinds, the halves (4), params, bounds (2), consts, relus
+        forward_work, backward_work = c.workspace(index, h)
         with torch.no_grad():
-            z, log_det, tapes = k.train_forward(h, *columns, use_onednn(h))
+            z, log_det, tapes = k.train_forward(h, *columns, use_onednn(h), forward_work)
             total = 0.5 * z.square().sum() - log_det.sum()
             g_log_det = torch.full((), -1.0 / batch, dtype=z.dtype, device=z.device)
             k.train_backward(z * (1.0 / batch), *columns[:6], grads, tapes, g_log_det,
-                             columns[8], columns[9])
+                             columns[8], columns[9], backward_work)
         return total
 
+
+TRAIN_WORKSPACE = True
+"""Keep each row part's activations in buffers reused from step to step (False: fresh)."""
 
 SPLIT_ROWS = 512
 """Rows per part, at least, when a CPU training batch is split between threads."""
@@ -191,6 +197,7 @@ class _Chain:
                         else [[] for _ in range(10)])
         self.grads = grads
         self._spares: list[list[list[Tensor]]] = []
+        self._work: dict[int, tuple[Any, Any]] = {}  # part -> (rows, dtype, device), buffers
         # Per coupling: (layer, what its constants depend on, params, grads) when gathered.
         self.checks = [(layer, layer._constants_key(spec[5][-1]), spec[5], g)
                        for layer, spec, g in zip(layers, specs, grads, strict=True)
@@ -202,6 +209,18 @@ class _Chain:
                 and all(layer._constants_key(params[-1]) == key
                         and all(p.grad is g for p, g in zip(params, grads, strict=True))
                         for layer, key, params, grads in self.checks))
+
+    def workspace(self, index: int, h: Tensor) -> tuple[list[list[Tensor]], list[Tensor]]:
+        """Part ``index``'s activation buffers for rows like ``h``, kept between steps
+        (:func:`realnvp.bijections._kernels.training_workspace`)."""
+        if not TRAIN_WORKSPACE:
+            return [[] for _ in self.columns[5]], []
+        key = (h.shape[0], h.dtype, h.device)
+        kept = self._work.get(index)
+        if kept is None or kept[0] != key:
+            kept = (key, training_workspace(self.columns[5], h.shape[0], h))
+            self._work[index] = kept
+        return kept[1]
 
     def spare_grads(self, n: int) -> list[list[list[Tensor]]]:
         """``n`` sets of buffers shaped like :attr:`grads`, for the other threads' parts."""
