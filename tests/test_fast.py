@@ -233,8 +233,9 @@ def test_subclasses_with_their_own_maps_are_not_fused() -> None:
     torch.testing.assert_close(log_det, torch.full((5,), 4 * math.log(2)))
 
 
-@pytest.mark.parametrize("kwargs", [{"dim": 2}, {"dim": 5, "hidden": (16, 24, 16)}],
-                         ids=["2d", "5d-three-hidden"])
+@pytest.mark.parametrize("kwargs", [{"dim": 2}, {"dim": 5, "hidden": (16, 24, 16)},
+                                    {"dim": 40, "hidden": (16, 16)}],
+                         ids=["2d", "5d-three-hidden", "40d-inputs-wider-than-hidden"])
 def test_reused_activation_buffers_give_the_same_step(kwargs: dict,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Large row parts keep their activations in buffers between steps: same loss and

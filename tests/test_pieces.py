@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import pytest
 import torch
@@ -54,6 +55,26 @@ def test_unbounded_input_covers_the_real_line() -> None:
     assert torch.allclose(lookup(a, edges, table), expected, rtol=1e-12, atol=1e-9)
 
 
+def test_a_kink_far_out_on_an_unbounded_end_piece() -> None:
+    """A nearly dead unit switches at 1e17: its end piece still gets the right state."""
+    net = _net((8, 8), 5)
+    with torch.no_grad():
+        net[0].weight[0, 0], net[0].bias[0] = -1e-17, 1.0
+    edges, table = _tables(net, -math.inf, math.inf)
+    a = torch.linspace(-5, 5, 101).unsqueeze(1)
+    assert torch.allclose(lookup(a, edges, table), net(a).detach(), rtol=0, atol=1e-10)
+
+
+def test_no_kinks_on_the_real_line_warns_nothing() -> None:
+    net = _net((4,), 0)
+    with torch.no_grad():
+        net[0].weight.zero_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        edges, table = _tables(net, -math.inf, math.inf)
+    assert len(edges) == 0 and table.shape[0] == 1
+
+
 def test_one_hidden_layer_has_at_most_width_plus_one_pieces() -> None:
     edges, table = _tables(_net((32,), 1), -math.inf, math.inf)
     assert table.shape == (len(edges) + 1, 2 * 2 + 1) and len(edges) <= 32
@@ -85,6 +106,12 @@ def _flow(dim: int = 2, dtype: torch.dtype = torch.float64, input_bound: float |
     return flow.eval()
 
 
+def _eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables from the second call with the same weights, for calls of any size."""
+    monkeypatch.setattr(_pieces, "TABLE_MIN_ROWS", 0)
+    monkeypatch.setattr(_pieces, "LOOKUP_MIN_ROWS", 0)
+
+
 def _reference(flow: realnvp.RealNVP, x: torch.Tensor) -> torch.Tensor:
     with torch.enable_grad():  # autograd's modules: no kernels, no tables
         return flow.log_prob(x).detach()
@@ -99,7 +126,7 @@ def _couplings(flow: realnvp.RealNVP) -> list[AffineCoupling]:
 def test_flow_scores_and_samples_with_tables(monkeypatch: pytest.MonkeyPatch,
                                              dtype: torch.dtype, input_bound: float | None,
                                              ) -> None:
-    monkeypatch.setattr(_pieces, "TABLE_MIN_ROWS", 0)
+    _eager(monkeypatch)
     flow = _flow(dtype=dtype, input_bound=input_bound)
     x = torch.randn(3000, 2, dtype=dtype) * 2
     with torch.inference_mode():
@@ -123,7 +150,7 @@ def test_flow_scores_and_samples_with_tables(monkeypatch: pytest.MonkeyPatch,
 
 def test_tables_follow_edits_that_bypass_version_counters(monkeypatch: pytest.MonkeyPatch,
                                                           ) -> None:
-    monkeypatch.setattr(_pieces, "TABLE_MIN_ROWS", 0)
+    _eager(monkeypatch)
     flow = _flow()
     x = torch.randn(500, 2)
     with torch.no_grad():
@@ -134,6 +161,19 @@ def test_tables_follow_edits_that_bypass_version_counters(monkeypatch: pytest.Mo
         edited_again = flow.log_prob(x)  # rebuilt for the new values
     assert torch.allclose(edited, _reference(flow, x), rtol=1e-10, atol=1e-10)
     assert torch.allclose(edited_again, edited, rtol=1e-10, atol=1e-10)
+
+
+def test_a_changed_input_bound_makes_new_tables(monkeypatch: pytest.MonkeyPatch) -> None:
+    _eager(monkeypatch)
+    flow = _flow()
+    x = torch.randn(500, 2) * 30
+    with torch.no_grad():
+        flow.log_prob(x), flow.log_prob(x)  # tables on [-10, 10]
+        for coupling in _couplings(flow):
+            coupling.input_bound = None
+        unbounded = [flow.log_prob(x) for _ in range(2)]
+    for scored in unbounded:
+        assert torch.allclose(scored, _reference(flow, x), rtol=1e-10, atol=1e-8)
 
 
 def test_tables_wait_for_enough_rows_and_stay_out_of_training() -> None:
@@ -150,7 +190,7 @@ def test_tables_wait_for_enough_rows_and_stay_out_of_training() -> None:
 
 def test_wide_inputs_narrow_conditioners_and_other_activations_keep_the_products(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_pieces, "TABLE_MIN_ROWS", 0)
+    _eager(monkeypatch)
     for flow in (_flow(dim=4), _flow(activation="tanh"), _flow(hidden=(32, 32))):
         x = torch.randn(100, flow.dim)
         with torch.no_grad():
@@ -158,12 +198,14 @@ def test_wide_inputs_narrow_conditioners_and_other_activations_keep_the_products
         assert all(c._pieces._tables is None for c in _couplings(flow))
 
 
-def test_copies_and_state_dicts_do_not_carry_tables(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_pieces, "TABLE_MIN_ROWS", 0)
+def test_state_dicts_leave_tables_out_and_copies_stay_right(monkeypatch: pytest.MonkeyPatch,
+                                                           ) -> None:
+    _eager(monkeypatch)
     flow = _flow()
     x = torch.randn(200, 2)
     with torch.no_grad():
         flow.log_prob(x), flow.log_prob(x)
+    assert all(c._pieces._tables is not None for c in _couplings(flow))
     assert not any("piece" in key for key in flow.state_dict())
     twin = copy.deepcopy(flow)
     with torch.no_grad():
@@ -171,3 +213,15 @@ def test_copies_and_state_dicts_do_not_carry_tables(monkeypatch: pytest.MonkeyPa
             p.mul_(0.9)
         assert torch.allclose(twin.log_prob(x), _reference(twin, x), rtol=1e-10, atol=1e-10)
         assert torch.allclose(flow.log_prob(x), _reference(flow, x), rtol=1e-10, atol=1e-10)
+
+
+def test_small_calls_keep_the_products(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_pieces, "TABLE_MIN_ROWS", 0)
+    flow = _flow()
+    with torch.no_grad():
+        for rows in (1, _pieces.LOOKUP_MIN_ROWS - 1) * 2:
+            flow.log_prob(torch.randn(rows, 2))
+        assert all(c._pieces._tables is None for c in _couplings(flow))
+        for _ in range(2):
+            flow.log_prob(torch.randn(_pieces.LOOKUP_MIN_ROWS, 2))
+        assert all(c._pieces._tables is not None for c in _couplings(flow))

@@ -39,14 +39,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MAX_PIECES", "TABLE_MIN_MACS", "TABLE_MIN_ROWS", "USE_TABLES", "PieceTables",
-           "lookup", "relu_pieces", "worth_tables"]
+__all__ = ["LOOKUP_MIN_ROWS", "MAX_PIECES", "TABLE_MIN_MACS", "TABLE_MIN_ROWS", "USE_TABLES",
+           "PieceTables", "lookup", "relu_pieces", "worth_tables"]
 
 USE_TABLES = True
 """Set False to score and sample with the conditioners' matrix products everywhere."""
 
 TABLE_MIN_ROWS = 16384
 """Rows scored with unchanged parameters before their tables are made (a few ms each)."""
+
+LOOKUP_MIN_ROWS = 256
+"""Calls with fewer rows keep the products (checking the tables' key costs about as much)."""
 
 TABLE_MIN_MACS = 3000
 """Hidden-to-hidden multiply-adds per row from which the tables beat the matrix products.
@@ -102,12 +105,15 @@ def relu_pieces(params: list[Tensor], lo: float, hi: float, max_pieces: int
 
 
 def _midpoints(ends: np.ndarray) -> np.ndarray:
-    """A point inside each interval ``[ends[j], ends[j + 1]]``; a unit in from an infinite end."""
-    mid = (ends[:-1] + ends[1:]) / 2
+    """A point inside each interval ``[ends[j], ends[j + 1]]``; next to an infinite end, as
+    far out again as the finite end (at least 1), so that a kink far out (a nearly dead unit,
+    at 1e17 say) still has its piece's point strictly beyond it."""
+    with np.errstate(invalid="ignore"):  # -inf + inf, rewritten below
+        mid = (ends[:-1] + ends[1:]) / 2
     if np.isinf(ends[0]):
-        mid[0] = ends[1] - 1.0 if np.isfinite(ends[1]) else 0.0
+        mid[0] = ends[1] - max(1.0, abs(ends[1])) if np.isfinite(ends[1]) else 0.0
     if np.isinf(ends[-1]) and len(ends) > 2:
-        mid[-1] = ends[-2] + 1.0
+        mid[-1] = ends[-2] + max(1.0, abs(ends[-2]))
     return mid
 
 
@@ -121,10 +127,11 @@ def lookup(a: Tensor, edges: Tensor, table: Tensor) -> Tensor:
 class PieceTables:
     """The tables of one conditioner, kept for the parameter values they were made from.
 
-    :meth:`get` returns ``[edges, table]`` for the current values once :data:`TABLE_MIN_ROWS`
-    rows have been scored with them, else None. The values are compared, not version
-    counters: an in-place edit through ``.data`` does not count as a change to autograd, and
-    must here.
+    :meth:`get` returns ``[edges, table]`` for the current values and input bound once
+    :data:`TABLE_MIN_ROWS` rows have been scored with them, else None. The values are
+    compared, not version counters: an in-place edit through ``.data`` does not count as a
+    change to autograd, and must here. Copies of a module (``deepcopy``, pickling) carry the
+    tables with the values they were made from.
 
     Example:
         >>> from realnvp.nn import MLP
@@ -139,6 +146,7 @@ class PieceTables:
         self._rows = 0
         self._tables: list[Tensor] | None = None
         self._failed = False
+        self._bound: float | None = None
 
     def get(self, params: list[Tensor], input_bound: float | None, rows: int
             ) -> list[Tensor] | None:
@@ -146,9 +154,11 @@ class PieceTables:
         with torch.no_grad():
             values = torch.cat([q.reshape(-1) for q in params])
         seen = self._values
-        if seen is None or seen.dtype != values.dtype or not torch.equal(seen, values):
-            with _BUILDING:
+        if (seen is None or seen.dtype != values.dtype or input_bound != self._bound
+                or not torch.equal(seen, values)):
+            with _BUILDING:  # the tables cover [-input_bound, input_bound]: a key too
                 self._values, self._rows, self._tables, self._failed = values, rows, None, False
+                self._bound = input_bound
             return None
         if self._tables is not None or self._failed:
             return self._tables
@@ -158,7 +168,11 @@ class PieceTables:
         with _BUILDING:
             if self._tables is None and not self._failed and self._values is seen:
                 bound = float("inf") if input_bound is None else float(input_bound)
-                built = relu_pieces(params, -bound, bound, MAX_PIECES)
+                # From the values compared above, not the live parameters (which another
+                # thread could be changing).
+                pieces = seen.split([q.numel() for q in params])
+                shaped = [t.view(q.shape) for t, q in zip(pieces, params, strict=True)]
+                built = relu_pieces(shaped, -bound, bound, MAX_PIECES)
                 if built is None:
                     self._failed = True
                 else:

@@ -197,13 +197,17 @@ class AffineCoupling(Coupling):
         return (COUPLING, *self._halves(), *self._kernel_args())
 
     def _scoring_kernel_spec(self, rows: int) -> tuple[Any, ...]:
-        """:meth:`_kernel_spec` with the tables of the conditioner's linear pieces in place of
-        its weights where they pay (:mod:`realnvp.bijections._pieces`): a one-input ReLU
-        conditioner of 64-64 or wider, on the CPU, after enough rows scored with the same
-        weights."""
-        spec = self._kernel_spec()
+        """:meth:`_kernel_spec` for scoring or sampling ``rows`` rows (see :meth:`_tabled`)."""
+        return self._tabled(self._kernel_spec(), rows)
+
+    def _tabled(self, spec: tuple[Any, ...], rows: int) -> tuple[Any, ...]:
+        """``spec`` with the tables of the conditioner's linear pieces in place of its
+        weights where they pay (:mod:`realnvp.bijections._pieces`): a one-input ReLU
+        conditioner of 64-64 or wider, on the CPU, a call of 256 rows or more, after enough
+        rows scored with the same weights."""
         params = spec[5]
-        if (not _pieces.USE_TABLES or self.activation != "relu" or params[0].shape[1] != 1
+        if (not _pieces.USE_TABLES or rows < _pieces.LOOKUP_MIN_ROWS
+                or self.activation != "relu" or params[0].shape[1] != 1
                 or params[0].device.type != "cpu"
                 or params[0].dtype not in (torch.float32, torch.float64)
                 or not _pieces.worth_tables(params)):
@@ -212,9 +216,8 @@ class AffineCoupling(Coupling):
         return spec if tables is None else (*spec[:5], tables, *spec[6:])
 
     def _scoring_spec(self, rows: int) -> tuple[Any, ...] | None:
-        if self._fused_spec() is None:
-            return None
-        return self._scoring_kernel_spec(rows)
+        spec = self._fused_spec()
+        return None if spec is None else self._tabled(spec, rows)
 
     def _fused_spec(self) -> tuple[Any, ...] | None:
         if (not self._scripted() or self._forward_hooks or self._forward_pre_hooks
