@@ -326,3 +326,21 @@ def test_evaluate_flow_accepts_true_log_prob_values(standard_normal_test) -> Non
 def test_evaluate_flow_rejects_bad_input(test: np.ndarray, n_samples: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         evaluate_flow(realnvp.RealNVP(dim=2, n_layers=2), test, n_samples=n_samples)
+
+
+def test_two_sample_distances_count_every_feature_whatever_its_units() -> None:
+    """A column in thousands must not decide the distances alone."""
+    rng = np.random.default_rng(3)
+    test = rng.normal(size=(800, 2))
+    good, bad = rng.normal(size=(800, 2)), rng.normal(size=(800, 2)) * [1.0, 2.0]
+    units = np.array([1e4, 1.0])  # the mismatched column is the small one
+    scores = {}
+    for name, samples in {"good": good, "bad": bad}.items():
+        for scaled in (False, True):
+            k = units if scaled else 1.0
+            result = evaluate_scores(test * k, np.zeros(800), samples=samples * k)
+            scores[name, scaled] = (result["energy_distance"], result["mmd"])
+    for scaled in (False, True):
+        assert scores["bad", scaled][0] > scores["good", scaled][0] + 0.05
+        assert scores["bad", scaled][1] > scores["good", scaled][1] + 0.01
+    assert np.allclose(scores["bad", True], scores["bad", False], rtol=0.05)

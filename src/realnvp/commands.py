@@ -477,6 +477,11 @@ def evaluate(run: Path, data_spec: str | None, columns: str | None, n_test: int,
         test, truth = xt.numpy(), toy.log_prob
     else:
         test, truth = val, None
+        if val_rows is not None:
+            click.echo(f"test rows: the run's {val.shape[0]} validation rows, which also chose "
+                       "the flow's best step and the baselines' settings (slightly optimistic "
+                       "for all three); --data FILE scores rows none of them has seen",
+                       err=True)
         if val_rows is None:
             click.echo(f"warning: {data.x.shape[0]} rows are too few for a held-out split; "
                        "these figures are on the training rows, so they flatter the model",

@@ -289,7 +289,8 @@ def evaluate_scores(
 
     Metrics needing something not given are ``None`` (``kl_gap`` without ``log_p_test``,
     ``hdr`` without ``log_q_samples``) or NaN (``energy_distance`` and ``mmd`` without
-    ``samples``).
+    ``samples``). The two-sample distances are taken after dividing each column by its
+    standard deviation over the test rows, so that every feature counts whatever its units.
 
     Args:
         test: test points, shape ``(n, d)``.
@@ -329,8 +330,12 @@ def evaluate_scores(
     }
     if samples is not None:
         drawn = _as_points(samples, "samples")
-        result["energy_distance"] = energy_distance(drawn, points, seed=seed)
-        result["mmd"] = mmd(drawn, points, seed=seed)
+        # In units of each column's spread over the test rows: a column in thousands would
+        # otherwise decide both distances alone.
+        spread = points.std(axis=0)
+        spread = np.where(np.isfinite(spread) & (spread > 0), spread, 1.0)
+        result["energy_distance"] = energy_distance(drawn / spread, points / spread, seed=seed)
+        result["mmd"] = mmd(drawn / spread, points / spread, seed=seed)
         result["n_samples"] = int(drawn.shape[0])
     elif log_q_samples is not None:
         result["n_samples"] = int(_as_vector(log_q_samples, "log_q_samples").shape[0])
