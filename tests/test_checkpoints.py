@@ -253,7 +253,9 @@ def _train_in_child(folder: Path) -> int:
 def test_sigkill_at_random_moments_always_leaves_a_run_that_loads_and_resumes_exactly(
     tmp_path: Path,
 ) -> None:
-    """20 trials: SIGKILL a training process at a random moment, load, resume, compare."""
+    """SIGKILL a training process at a random moment, load, resume, compare: until 10 kills
+    landed mid-run (at most 40 trials; load from other processes moves the run's duration,
+    so some kills land before the first checkpoint or after the end)."""
     reference = _flow()
     realnvp.fit(reference, _data(), **KILL_KW)  # warm: the first fit in a process is slower
     durations = []
@@ -267,7 +269,9 @@ def test_sigkill_at_random_moments_always_leaves_a_run_that_loads_and_resumes_ex
     seconds = min(durations)
     rng = random.Random(20240607)
     outcomes = {"resumed": 0, "no checkpoint yet": 0, "finished": 0, "temporary file left": 0}
-    for trial in range(20):
+    for trial in range(40):
+        if outcomes["resumed"] >= 10:
+            break
         folder = tmp_path / f"trial{trial}"
         folder.mkdir()
         pid = _train_in_child(folder)
