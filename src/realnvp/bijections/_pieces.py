@@ -18,7 +18,9 @@ are (``tests/test_pieces.py``).
 The tables are made from the parameters' values and kept with them (:class:`PieceTables`).
 They are made only after :data:`TABLE_MIN_ROWS` rows were scored with the same values, so a
 training loop that scores a validation set between steps never pays for them; scoring a
-file, sampling again and again, or drawing pictures of a trained model does.
+file, sampling again and again, or drawing pictures of a trained model does. They are used
+only for conditioners wide enough that a lookup beats the products (:data:`TABLE_MIN_MACS`:
+64-64 and wider) and for calls of :data:`LOOKUP_MIN_ROWS` rows or more.
 
 Example:
     >>> import torch
