@@ -112,6 +112,13 @@ def _eager(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_pieces, "LOOKUP_MIN_ROWS", 0)
 
 
+def _score_twice(flow: realnvp.RealNVP, x: torch.Tensor) -> None:
+    """Score ``x`` twice without autograd: with :func:`_eager`, the second call makes the
+    tables."""
+    with torch.no_grad():
+        flow.log_prob(x), flow.log_prob(x)
+
+
 def _reference(flow: realnvp.RealNVP, x: torch.Tensor) -> torch.Tensor:
     with torch.enable_grad():  # autograd's modules: no kernels, no tables
         return flow.log_prob(x).detach()
@@ -153,8 +160,8 @@ def test_tables_follow_edits_that_bypass_version_counters(monkeypatch: pytest.Mo
     _eager(monkeypatch)
     flow = _flow()
     x = torch.randn(500, 2)
+    _score_twice(flow, x)
     with torch.no_grad():
-        flow.log_prob(x), flow.log_prob(x)
         for p in flow.parameters():
             p.data.mul_(1.1)  # .data: no version bump
         edited = flow.log_prob(x)
@@ -167,8 +174,8 @@ def test_a_changed_input_bound_makes_new_tables(monkeypatch: pytest.MonkeyPatch)
     _eager(monkeypatch)
     flow = _flow()
     x = torch.randn(500, 2) * 30
+    _score_twice(flow, x)  # tables on [-10, 10]
     with torch.no_grad():
-        flow.log_prob(x), flow.log_prob(x)  # tables on [-10, 10]
         for coupling in _couplings(flow):
             coupling.input_bound = None
         unbounded = [flow.log_prob(x) for _ in range(2)]
@@ -192,9 +199,7 @@ def test_wide_inputs_narrow_conditioners_and_other_activations_keep_the_products
         monkeypatch: pytest.MonkeyPatch) -> None:
     _eager(monkeypatch)
     for flow in (_flow(dim=4), _flow(activation="tanh"), _flow(hidden=(32, 32))):
-        x = torch.randn(100, flow.dim)
-        with torch.no_grad():
-            flow.log_prob(x), flow.log_prob(x)
+        _score_twice(flow, torch.randn(100, flow.dim))
         assert all(c._pieces._tables is None for c in _couplings(flow))
 
 
@@ -203,8 +208,7 @@ def test_state_dicts_leave_tables_out_and_copies_stay_right(monkeypatch: pytest.
     _eager(monkeypatch)
     flow = _flow()
     x = torch.randn(200, 2)
-    with torch.no_grad():
-        flow.log_prob(x), flow.log_prob(x)
+    _score_twice(flow, x)
     assert all(c._pieces._tables is not None for c in _couplings(flow))
     assert not any("piece" in key for key in flow.state_dict())
     twin = copy.deepcopy(flow)

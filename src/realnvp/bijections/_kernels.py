@@ -63,6 +63,11 @@ def _layer(a: Tensor, w: Tensor, b: Tensor, relu: bool, onednn: bool,
     return torch.relu_(pre) if relu else torch.tanh_(pre)
 
 
+def _rows(flat: Tensor, rows: int, width: int) -> Tensor:
+    """The start of the flat buffer ``flat`` as a ``(rows, width)`` matrix."""
+    return flat[: rows * width].view(rows, width)
+
+
 def _hidden(a: Tensor, params: list[Tensor], relu: bool, onednn: bool,
             work: Optional[list[Tensor]]) -> list[Tensor]:  # noqa: UP045
     """The conditioner's input and hidden activations, ``[a, act_1, ..., act_n-1]``; with
@@ -73,8 +78,7 @@ def _hidden(a: Tensor, params: list[Tensor], relu: bool, onednn: bool,
     for k in range(len(params) // 2 - 1):
         out: Optional[Tensor] = None  # noqa: UP045
         if work is not None and len(work) > 0:
-            width = params[2 * k].shape[0]
-            out = work[k % len(work)][: rows * width].view(rows, width)
+            out = _rows(work[k % len(work)], rows, params[2 * k].shape[0])
         acts.append(_layer(acts[-1], params[2 * k], params[2 * k + 1], relu, onednn, out))
     return acts
 
@@ -180,7 +184,7 @@ def training_workspace(params: list[list[Tensor]], rows: int, like: Tensor
     :data:`TRAINING_WORKSPACE_MIN_BYTES`).
     """
     widths = [[p[2 * k].shape[0] for k in range(len(p) // 2 - 1)] for p in params]
-    widest = max([w for layer in widths for w in layer] + [0])
+    widest = max([hidden_width(p) for p in params] + [0])
     if (rows * widest * like.element_size() < TRAINING_WORKSPACE_MIN_BYTES
             or not _keeps_buffers(rows, widest, like)):
         return [[] for _ in params], []
@@ -294,8 +298,7 @@ def coupling_backward(
         torch.mm(g_h.t(), acts[k], out=grads[2 * k])
         torch.sum(g_h, 0, out=grads[2 * k + 1])
         if len(work) == 2:
-            width = params[2 * k].shape[1]
-            out = work[(n - 1 - k) % 2][: g_h.shape[0] * width].view(g_h.shape[0], width)
+            out = _rows(work[(n - 1 - k) % 2], g_h.shape[0], params[2 * k].shape[1])
             g_h = torch.mm(g_h, params[2 * k], out=out)
         else:
             g_h = g_h.mm(params[2 * k])
