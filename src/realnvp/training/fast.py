@@ -31,6 +31,7 @@ from realnvp.bijections._blocks import flushing_denormals, on_threads
 from realnvp.bijections._kernels import PERMUTE, kernels, training_workspace, use_onednn
 from realnvp.distributions import DiagonalNormal, StandardNormal
 from realnvp.flow import Flow
+from realnvp.training.native import NativeChain, library
 
 __all__ = ["SPLIT_ROWS", "FastStep", "fast_step_for", "split_rows"]
 
@@ -111,17 +112,22 @@ class FastStep:
             return self._step(x)
 
     def _step(self, x: Tensor) -> Tensor | None:
+        c = self._stack()
+        if c is None:
+            return None
         k = kernels(x.device)
         batch = x.shape[0]
         h = x
         const = 0.5 * self.dim * math.log(2 * math.pi)
         first = self.layers[0]
-        if isinstance(first, Standardize):
-            h = (h - first.loc) / first.scale
-            const = const + float(first.scale.log().sum())
-        c = self._stack()
-        if c is None:
-            return None
+        standardize = first if isinstance(first, Standardize) else None
+        if standardize is not None:
+            const = const + float(standardize.scale.log().sum())
+        compiled = c.native(x, standardize)
+        if compiled is not None:
+            return self._compiled(compiled, c, x, standardize) / batch + const
+        if standardize is not None:
+            h = (h - standardize.loc) / standardize.scale
         parts = _parts(x)
         if parts == 1:
             return self._part(k, c, h, c.grads, batch, 0) / batch + const
@@ -138,6 +144,33 @@ class FastStep:
         for spare in spares:
             torch._foreach_add_(flat, [g for layer in spare for g in layer])
         return sum(sums) / batch + const
+
+    @staticmethod
+    def _compiled(native: NativeChain, c: _Chain, x: Tensor, standardize: Standardize | None
+                  ) -> Tensor:
+        """The step through the compiled C kernel (:mod:`realnvp.training.native`): the
+        batch's summed loss less the constant; the gradient written into ``.grad``."""
+        x = x.contiguous()
+        batch = x.shape[0]
+        loc = scale = None
+        if standardize is not None:
+            loc, scale = standardize.loc, standardize.scale
+        parts = _parts(x)
+        if parts == 1:
+            total = native.run(x, loc, scale, c.flat_grads, c.native_work(0, batch), batch)
+            return torch.tensor(total, dtype=x.dtype)
+        xs = x.tensor_split(parts)
+        flats = [c.flat_grads, *c.flat_spare_grads(parts - 1)]
+        works = [c.native_work(i, part.shape[0]) for i, part in enumerate(xs)]
+
+        def part(i: int) -> float:
+            with flushing_denormals():  # a worker thread does not share fit's mode
+                return native.run(xs[i], loc, scale, flats[i], works[i], batch)
+
+        total = sum(on_threads([lambda i=i: part(i) for i in range(parts)]))
+        for flat in flats[1:]:
+            torch._foreach_add_(c.flat_grads, flat)
+        return torch.tensor(total, dtype=x.dtype)
 
     @staticmethod
     def _part(k: Any, c: _Chain, h: Tensor, grads: list[list[Tensor]], batch: int,
@@ -196,8 +229,12 @@ class _Chain:
         self.columns = ([list(column) for column in zip(*specs, strict=True)] if specs
                         else [[] for _ in range(10)])
         self.grads = grads
+        self.flat_grads = [g for layer in grads for g in layer]
         self._spares: list[list[list[Tensor]]] = []
-        self._work: dict[int, tuple[Any, Any]] = {}  # part -> (rows, dtype, device), buffers
+        self._flat_spares: list[list[Tensor]] = []
+        self._native: NativeChain | bool | None = None  # False: the chain cannot take it
+        # part -> (rows, dtype, device), buffers; -1 - part -> rows, the compiled step's
+        self._work: dict[int, tuple[Any, Any]] = {}
         # Per coupling: (layer, what its constants depend on, params, grads) when gathered.
         self.checks = [(layer, layer._constants_key(spec[5][-1]), spec[5], g)
                        for layer, spec, g in zip(layers, specs, grads, strict=True)
@@ -225,8 +262,45 @@ class _Chain:
     def spare_grads(self, n: int) -> list[list[list[Tensor]]]:
         """``n`` sets of buffers shaped like :attr:`grads`, for the other threads' parts."""
         while len(self._spares) < n:
-            self._spares.append([[torch.empty_like(g) for g in layer] for layer in self.grads])
+            spare = [[torch.empty_like(g) for g in layer] for layer in self.grads]
+            self._spares.append(spare)
+            self._flat_spares.append([g for layer in spare for g in layer])
         return self._spares[:n]
+
+    def flat_spare_grads(self, n: int) -> list[list[Tensor]]:
+        """:meth:`spare_grads` as flat lists (the same tensors, kept between steps)."""
+        self.spare_grads(n)
+        return self._flat_spares[:n]
+
+    def native(self, x: Tensor, standardize: Standardize | None) -> NativeChain | None:
+        """The compiled step for this chain and a batch like ``x``, or None where it does
+        not apply (:mod:`realnvp.training.native`: float32 on the CPU, ReLU couplings)."""
+        if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2:
+            return None
+        if standardize is not None and not all(
+                t.dtype == torch.float32 and t.is_contiguous() and t.shape == (x.shape[1],)
+                for t in (standardize.loc, standardize.scale)):
+            return None
+        if self._native is None:
+            lib = library()
+            try:
+                self._native = (NativeChain(lib, self.columns, x.shape[1])
+                                if lib is not None and self.columns[0] else False)
+            except ValueError:
+                self._native = False
+        if self._native is False:
+            return None
+        return self._native  # type: ignore[return-value]
+
+    def native_work(self, index: int, rows: int) -> Tensor:
+        """Part ``index``'s workspace for the compiled step on ``rows`` rows, kept between
+        steps."""
+        kept = self._work.get(-1 - index)
+        if kept is None or kept[0] != rows:
+            assert isinstance(self._native, NativeChain)
+            kept = (rows, torch.empty(self._native.work_floats(rows), dtype=torch.float32))
+            self._work[-1 - index] = kept
+        return kept[1]
 
 
 def _hooked(layers: list[Any]) -> bool:
