@@ -290,6 +290,10 @@ class _Chain:
                 self._native = False
         if self._native is False:
             return None
+        try:  # weights moved (``p.data = ...``) to a tensor it cannot take: not this step
+            self._native.pointers(self._native.params)  # type: ignore[union-attr]
+        except ValueError:
+            return None
         return self._native  # type: ignore[return-value]
 
     def native_work(self, index: int, rows: int) -> Tensor:
