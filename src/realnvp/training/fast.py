@@ -21,6 +21,7 @@ autograd in float64 (``tests/test_fast.py``).
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import torch
@@ -239,13 +240,20 @@ class _Chain:
         self.checks = [(layer, layer._constants_key(spec[5][-1]), spec[5], g)
                        for layer, spec, g in zip(layers, specs, grads, strict=True)
                        if spec[0] != PERMUTE]
+        self._owners = [p for _, _, params, _ in self.checks for p in params]
+        # The layers and the couplings' conditioners: a hook on any must run, so stops this.
+        self._modules = [*layers, *(m.conditioner for m in layers if hasattr(m, "conditioner"))]
+        self._owner_grads = [g for _, _, _, layer_grads in self.checks for g in layer_grads]
 
     def valid(self) -> bool:
-        """Whether the gathered arguments still describe the layers."""
-        return (not _hooked(self.layers)
-                and all(layer._constants_key(params[-1]) == key
-                        and all(p.grad is g for p, g in zip(params, grads, strict=True))
-                        for layer, key, params, grads in self.checks))
+        """Whether the gathered arguments still describe the layers (run every step: the
+        loops over parameters are in C, ``map``, rather than Python generators)."""
+        if _hooked(self._modules):
+            return False
+        if not all(layer._constants_key(params[-1]) == key
+                   for layer, key, params, _ in self.checks):
+            return False
+        return all(map(operator.is_, map(_GRAD, self._owners), self._owner_grads))
 
     def workspace(self, index: int, h: Tensor) -> tuple[list[list[Tensor]], list[Tensor]]:
         """Part ``index``'s activation buffers for rows like ``h``, kept between steps
@@ -307,8 +315,10 @@ class _Chain:
         return kept[1]
 
 
-def _hooked(layers: list[Any]) -> bool:
-    """Whether a layer, or a coupling's conditioner, has a hook (added after gathering)."""
-    modules = [*layers, *(m.conditioner for m in layers if hasattr(m, "conditioner"))]
+_GRAD = operator.attrgetter("grad")
+
+
+def _hooked(modules: list[Any]) -> bool:
+    """Whether one of ``modules`` has a forward hook (added after gathering)."""
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 

@@ -212,7 +212,7 @@ class NativeChain:
 
     def pointers(self, tensors: list[Tensor]) -> Any:
         """A C array of the tensors' data pointers (validated again when one has moved)."""
-        addresses = [t.data_ptr() for t in tensors]
+        addresses = list(map(Tensor.data_ptr, tensors))
         kept = self._pointers.get(id(tensors))
         if kept is None or kept[0] != addresses:
             self._check(tensors)
