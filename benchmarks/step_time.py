@@ -17,7 +17,9 @@ steps of ``--batch`` rows on ``--threads`` threads, split into row parts or whol
 :mod:`realnvp.training.fast`), ``tables`` (scoring and sampling with the tables of
 :mod:`realnvp.bijections._pieces` or without), ``train-buffers`` (training steps of
 ``--batch`` rows with each row part's activations in buffers kept between steps, or fresh:
-:data:`realnvp.training.fast.TRAIN_WORKSPACE`). ``--blocks`` is ``--compare blocks``.
+:data:`realnvp.training.fast.TRAIN_WORKSPACE`), ``native`` (training steps of ``--batch``
+rows through the compiled C step of :mod:`realnvp.training.native`, or the TorchScript
+one). ``--blocks`` is ``--compare blocks``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import torch  # noqa: E402
 
 import realnvp  # noqa: E402
 from realnvp.bijections import _blocks, _kernels, _pieces  # noqa: E402
-from realnvp.training import fast  # noqa: E402
+from realnvp.training import fast, native  # noqa: E402
 from realnvp.training.fit import TrainStep  # noqa: E402
 
 SWITCHES = {  # feature -> (module, setting, value that turns the feature off)
@@ -43,6 +45,7 @@ SWITCHES = {  # feature -> (module, setting, value that turns the feature off)
     "split": (fast, "SPLIT_ROWS", 10**12),
     "tables": (_pieces, "USE_TABLES", False),
     "train-buffers": (fast, "TRAIN_WORKSPACE", False),
+    "native": (native, "USE_NATIVE", False),
 }
 
 
@@ -101,7 +104,8 @@ def main() -> None:
         print(f"TrainStep {args.layers} x {args.hidden}-{args.hidden}, batch {args.batch}, "
               f"{args.threads} thread(s): {ms:.2f} ms")
         return
-    if feature in ("split", "train-buffers"):
+    training = feature in ("split", "train-buffers", "native")
+    if training:
         step = TrainStep(flow, lr=1e-6)
         x = torch.randn(args.batch, 2, generator=torch.Generator().manual_seed(1))
         work = {"training step": lambda: step(x)}
@@ -113,7 +117,7 @@ def main() -> None:
     module, name, off = SWITCHES[feature]
     on = getattr(module, name)
     times: dict[str, list[float]] = {}
-    with torch.inference_mode(feature not in ("split", "train-buffers")):
+    with torch.inference_mode(not training):
         for _ in range(args.rounds):
             for label, value in ((f"{feature} on", on), (f"{feature} off", off)):
                 setattr(module, name, value)

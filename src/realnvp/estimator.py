@@ -54,8 +54,8 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         coupling: ``"affine"`` (RealNVP), ``"additive"`` (NICE) or ``"spline"``.
         steps: optimisation steps (an upper bound with early stopping). ``"auto"`` takes
             20 epochs of the training rows, at least 1,000 and at most 10,000 steps.
-            The defaults are ``realnvp train``'s measured recipe (24 couplings of 32-32,
-            log-scales bounded by 2 unless ``flow_kwargs`` says otherwise, 3000 steps, lr
+            The defaults are ``realnvp train``'s measured recipe (32 couplings of 32-32,
+            log-scales bounded by 2 unless ``flow_kwargs`` says otherwise, 4500 steps, lr
             5e-3, gradients clipped at 3; ``benchmarks/README.md``).
         batch_size: rows per step (capped at the number of training rows).
         lr: peak learning rate of Adam (linear warm-up, then cosine decay).
@@ -113,10 +113,10 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
 
     def __init__(
         self,
-        n_layers: int = 24,
+        n_layers: int = 32,
         hidden: Sequence[int] = (32, 32),
         coupling: str = "affine",
-        steps: int | str = 3000,
+        steps: int | str = 4500,
         batch_size: int = 512,
         lr: float = 5e-3,
         weight_decay: float | str = "auto",

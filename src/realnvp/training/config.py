@@ -24,7 +24,7 @@ class TrainConfig:
     """
 
     # Model
-    layers: int = _doc(24, "Number of coupling layers.")
+    layers: int = _doc(32, "Number of coupling layers.")
     hidden: tuple[int, ...] = _doc((32, 32), "Hidden sizes of each coupling's network.")
     coupling: str = _doc("affine", "Coupling type: affine (RealNVP), additive (NICE) or spline.")
     activation: str = _doc("relu", "Activation of the coupling networks.")
@@ -35,7 +35,7 @@ class TrainConfig:
     spline_bound: float = _doc(5.0, "Splines act on [-B, B] in standardised units, identity "
                                "outside (coupling=spline).")
     # Optimisation
-    steps: int = _doc(3000, "Number of optimisation steps (upper bound with early stopping).")
+    steps: int = _doc(4500, "Number of optimisation steps (upper bound with early stopping).")
     batch_size: int = _doc(512, "Rows per step.")
     lr: float = _doc(5e-3, "Peak learning rate of Adam.")
     weight_decay: float | str = _doc(
@@ -153,11 +153,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # ~15 s on 2 cores; moons KL gap 0.024 (measured on 20k rows).
     "fast": {"layers": 8, "hidden": (64, 64), "steps": 1500, "batch_size": 512, "lr": 3e-3,
              "scale_bound": 3.0, "clip_grad": 10.0, "n_train": 20000},
-    # 24 narrow couplings (32-32), log-scales bounded by 2, gradient norm clipped at 3, 3000
-    # steps: ~35 s of training, ~45 s for the whole job on 2 cores; moons KL gap 0.006,
-    # 8gaussians 0.031-0.032 over 3 seeds. Depth is what 8gaussians needs: 8 x 64-64 gave
-    # 0.067, 16 gave 0.041, 20 x 32-32 0.034-0.043; the tighter bound and clipping took it
-    # from 0.031-0.037 to 0.031-0.032 at 3000 steps (benchmarks/README.md).
+    # 32 narrow couplings (32-32), log-scales bounded by 2, gradient norm clipped at 3, 4500
+    # steps: ~30 s of training on one core with the compiled training step; 8gaussians KL
+    # gap 0.0248 on average over seeds 0-7 (0.0228-0.0280), against 0.034 for the previous
+    # 24 couplings x 3000 steps. Depth is what 8gaussians needs: 8 x 64-64 gave 0.067, 16
+    # gave 0.041, 24 x 32-32 0.033 (benchmarks/README.md).
     "default": {},
     # Rational-quadratic spline couplings, 8 x 64-64, 12000 steps on 100k toy rows: 400-460 s
     # of training on 2 cores (8 min in all for `realnvp train --preset accurate`). With 20k

@@ -32,7 +32,8 @@ from realnvp.bijections._blocks import flushing_denormals, on_threads
 from realnvp.bijections._kernels import PERMUTE, kernels, training_workspace, use_onednn
 from realnvp.distributions import DiagonalNormal, StandardNormal
 from realnvp.flow import Flow
-from realnvp.training.native import NativeChain, library
+from realnvp.training import native
+from realnvp.training.native import NativeChain
 
 __all__ = ["SPLIT_ROWS", "FastStep", "fast_step_for", "split_rows"]
 
@@ -147,7 +148,7 @@ class FastStep:
         return sum(sums) / batch + const
 
     @staticmethod
-    def _compiled(native: NativeChain, c: _Chain, x: Tensor, standardize: Standardize | None
+    def _compiled(compiled: NativeChain, c: _Chain, x: Tensor, standardize: Standardize | None
                   ) -> Tensor:
         """The step through the compiled C kernel (:mod:`realnvp.training.native`): the
         batch's summed loss less the constant; the gradient written into ``.grad``."""
@@ -158,7 +159,7 @@ class FastStep:
             loc, scale = standardize.loc, standardize.scale
         parts = _parts(x)
         if parts == 1:
-            total = native.run(x, loc, scale, c.flat_grads, c.native_work(0, batch), batch)
+            total = compiled.run(x, loc, scale, c.flat_grads, c.native_work(0, batch), batch)
             return torch.tensor(total, dtype=x.dtype)
         xs = x.tensor_split(parts)
         flats = [c.flat_grads, *c.flat_spare_grads(parts - 1)]
@@ -166,7 +167,7 @@ class FastStep:
 
         def part(i: int) -> float:
             with flushing_denormals():  # a worker thread does not share fit's mode
-                return native.run(xs[i], loc, scale, flats[i], works[i], batch)
+                return compiled.run(xs[i], loc, scale, flats[i], works[i], batch)
 
         total = sum(on_threads([lambda i=i: part(i) for i in range(parts)]))
         for flat in flats[1:]:
@@ -283,14 +284,15 @@ class _Chain:
     def native(self, x: Tensor, standardize: Standardize | None) -> NativeChain | None:
         """The compiled step for this chain and a batch like ``x``, or None where it does
         not apply (:mod:`realnvp.training.native`: float32 on the CPU, ReLU couplings)."""
-        if x.device.type != "cpu" or x.dtype != torch.float32 or x.dim() != 2:
+        if (not native.USE_NATIVE or x.device.type != "cpu" or x.dtype != torch.float32
+                or x.dim() != 2):
             return None
         if standardize is not None and not all(
                 t.dtype == torch.float32 and t.is_contiguous() and t.shape == (x.shape[1],)
                 for t in (standardize.loc, standardize.scale)):
             return None
         if self._native is None:
-            lib = library()
+            lib = native.library()
             try:
                 self._native = (NativeChain(lib, self.columns, x.shape[1])
                                 if lib is not None and self.columns[0] else False)
