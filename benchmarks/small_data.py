@@ -1,6 +1,6 @@
 """Small data sets: the default flow with weight decay ``k / n_train``, against the baselines.
 
-With a few hundred rows the default flow (24 x 32-32, lr 5e-3) overfits within 100 steps.
+With a few hundred rows the default flow (32 x 32-32, lr 5e-3) overfits within 100 steps.
 This probe splits each data set into train / validation / test rows, fits ``realnvp.fit``
 with Adam weight decay ``k / n_train`` for each ``--decay`` factor ``k`` (a Gaussian prior
 on the weights whose pull fades as the data grows; ``k = 0`` is no decay), fits the
@@ -32,8 +32,12 @@ import torch
 import realnvp
 from realnvp.baselines import fit_gaussian_mixture, fit_kernel_density
 from realnvp.datasets import get_toy
+from realnvp.training import TrainConfig
 
 TABLES = ("iris", "wine", "cancer", "diabetes")
+
+
+DEFAULTS = TrainConfig()
 
 
 def data(name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,8 +64,9 @@ def main() -> None:
     p.add_argument("--decay", type=float, nargs="+", default=[0.0, 3.0],
                    help="weight decay factors k (decay = k / training rows)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--steps", type=int, default=3000)
-    p.add_argument("--layers", type=int, default=24, help="couplings (default: the default's)")
+    p.add_argument("--steps", type=int, default=DEFAULTS.steps)
+    p.add_argument("--layers", type=int, default=DEFAULTS.layers,
+                   help="couplings (default: the default's)")
     p.add_argument("--hidden", type=int, nargs="+", default=[32, 32])
     p.add_argument("--estimator", default=None, metavar="JSON",
                    help="instead, fit RealNVPDensity(**JSON) on the fit rows (its own split); "

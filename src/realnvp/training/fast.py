@@ -16,6 +16,12 @@ affine coupling ``y2 = x2 exp(s) + t``, ``s = c tanh(o_s / c)``, ``[o_s, t] = ML
 
 and the MLP's weight gradients are the usual outer products. Gradients are checked against
 autograd in float64 (``tests/test_fast.py``).
+
+Float32 CPU batches through ReLU conditioners run the same arithmetic compiled from C
+(:mod:`realnvp.training.native`; ``benchmarks/step_time.py --compare native``): each
+coupling's elementwise work in one pass over its rows instead of dozens of ATen calls.
+Everything else (float64, tanh conditioners, accelerators, no C compiler) runs the
+TorchScript kernels of :mod:`realnvp.bijections._kernels`.
 """
 
 from __future__ import annotations
