@@ -78,8 +78,6 @@ static inline float tanh_approx(float x) {
 /* Rows per block of the column-by-column loops: a block's rows stay in the L1 cache. */
 #define ROW_BLOCK 64
 
-int rnvp_version(void) { return 2; }
-
 void rnvp_set_blas(void *sgemm, void *threads_local) {
     blas_sgemm = (sgemm_fn)sgemm;
     blas_threads_local = (threads_fn)threads_local;

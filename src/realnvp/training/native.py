@@ -61,7 +61,10 @@ def library() -> ctypes.CDLL | None:
     if not _loaded:
         with _lock:
             if not _loaded:
-                _loaded.append(_load())
+                try:
+                    _loaded.append(_load())
+                except (OSError, AttributeError, subprocess.SubprocessError):
+                    _loaded.append(None)  # e.g. a platform without os.getuid or dlopen
     return _loaded[0]
 
 
