@@ -172,3 +172,20 @@ def test_the_build_is_cached(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     assert first is not None and first.parent == tmp_path
     stamp = first.stat().st_mtime_ns
     assert native._build() == first and first.stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("available", [True, False])
+def test_train_says_when_training_takes_the_slower_step(
+    available: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path
+) -> None:
+    import realnvp.cli
+
+    if available and native.library() is None:
+        pytest.skip("no compiled step on this machine")
+    monkeypatch.setattr(native, "USE_NATIVE", available)
+    torch.set_default_dtype(torch.float32)  # as in a fresh process; conftest restores
+    realnvp.cli.main(["train", "--steps", "3", "--layers", "2", "--hidden", "8", "--n-train",
+                      "300", "--no-plots", "--quiet", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert ("TorchScript step" in err) is not available
