@@ -247,10 +247,11 @@ class _Chain:
         self.checks = [(layer, layer._constants_key(spec[5][-1]), spec[5], g)
                        for layer, spec, g in zip(layers, specs, grads, strict=True)
                        if spec[0] != PERMUTE]
+        # Every parameter and the .grad it had when gathered, for valid()'s identity check.
         self._owners = [p for _, _, params, _ in self.checks for p in params]
+        self._owner_grads = [g for _, _, _, layer_grads in self.checks for g in layer_grads]
         # The layers and the couplings' conditioners: a hook on any must run, so stops this.
         self._modules = [*layers, *(m.conditioner for m in layers if hasattr(m, "conditioner"))]
-        self._owner_grads = [g for _, _, _, layer_grads in self.checks for g in layer_grads]
 
     def valid(self) -> bool:
         """Whether the gathered arguments still describe the layers (run every step: the
