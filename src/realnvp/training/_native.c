@@ -245,7 +245,7 @@ int64_t rnvp_work_floats(const int64_t *meta, int64_t n_layers, int64_t dim, int
  * With loc and scale (else NULL) x is first standardised, (x - loc) / scale. Writes each
  * parameter's share of the gradient of the batch's mean negative log-likelihood into
  * grads (overwriting them), and the rows' summed loss, less the constant terms, into
- * *loss. Returns 0, or -1 when no BLAS has been set. */
+ * *loss. Returns 0; -1 when no BLAS has been set, -2 when out of memory. */
 int rnvp_train_part(const int64_t *meta, int64_t n_layers, int64_t dim, int64_t rows,
                     const int64_t *index, const int64_t *widths, const float *bounds,
                     float *const *params, float *const *grads, const float *x,
@@ -257,6 +257,10 @@ int rnvp_train_part(const int64_t *meta, int64_t n_layers, int64_t dim, int64_t 
     float *h = work, *hn = work + rows * dim, *ld = hn + rows * dim;
     float *ga = ld + rows, *gb = ga + rows * wide, *tape = gb + rows * wide;
     int64_t *tapes = malloc((size_t)(n_layers > 0 ? n_layers : 1) * sizeof(int64_t));
+    if (tapes == NULL) {
+        if (blas_threads_local != NULL) blas_threads_local(threads);
+        return -2;
+    }
 
     for (int64_t r = 0; r < rows; r++) {
         for (int64_t j = 0; j < dim; j++) {

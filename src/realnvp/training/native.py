@@ -239,6 +239,8 @@ class NativeChain:
             self.bounds, self.pointers(self.params), self.pointers(grads), x.data_ptr(),
             None if loc is None else loc.data_ptr(), None if scale is None else scale.data_ptr(),
             work.data_ptr(), 1.0 / batch, ctypes.byref(loss))
+        if status == -2:
+            raise MemoryError("the compiled training step ran out of memory")
         if status != 0:
             raise RuntimeError("the compiled training step has no BLAS")
         return loss.value
