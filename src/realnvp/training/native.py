@@ -150,10 +150,9 @@ def _build() -> Path | None:
     where = cache_dir()
     if cc is None or where is None:
         return None
-    source = SOURCE.read_bytes()
+    what = [SOURCE.read_bytes(), cc.encode(), _cpu().encode(), platform.platform().encode()]
     for flags in (["-march=native", *FLAGS], FLAGS):
-        key = hashlib.sha256(b"\0".join([source, cc.encode(), " ".join(flags).encode(),
-                                         _cpu().encode(), platform.platform().encode()]))
+        key = hashlib.sha256(b"\0".join([*what, " ".join(flags).encode()]))
         target = where / f"realnvp_native_{key.hexdigest()[:20]}.so"
         if target.exists():
             return target
