@@ -26,6 +26,14 @@ CASES = {
     "12d-one-hidden": {"dim": 12, "hidden": (24,)},
     "unbounded-scale": {"dim": 3, "scale_bound": None},
     "unbounded-input": {"dim": 4, "input_bound": None},
+    "spline-2d": {"dim": 2, "coupling": "spline"},
+    "spline-1d": {"dim": 1, "coupling": "spline", "bins": 3},
+    "spline-5d-random-perm": {"dim": 5, "coupling": "spline", "bins": 5,
+                              "permutation": "random", "hidden": (12, 9)},
+    "spline-narrow-interval": {"dim": 3, "coupling": "spline", "spline_bound": 1.0},
+    "spline-unbounded-input": {"dim": 2, "coupling": "spline", "input_bound": None},
+    "spline-many-bins-one-hidden": {"dim": 4, "coupling": "spline", "bins": 16,
+                                    "hidden": (24,)},
 }
 
 
@@ -37,14 +45,25 @@ def _reference(flow: realnvp.Flow, x: torch.Tensor) -> tuple[torch.Tensor, list[
 
 
 def _assert_matches(flow: realnvp.Flow, loss: torch.Tensor, loss_ref: torch.Tensor,
-                    grads_ref: list[torch.Tensor]) -> None:
+                    grads_ref: list[torch.Tensor],
+                    grads_32: list[torch.Tensor] | None = None) -> None:
     """Float32 against float64: the loss to 1e-5 relative, each gradient to 2e-5 of its
-    largest entry."""
+    largest entry, or, given float32 autograd's gradients ``grads_32``, to ten times
+    their own error where that is larger (splines with many narrow bins are
+    ill-conditioned in float32, whoever computes them)."""
     assert abs(float(loss) - float(loss_ref)) <= 1e-5 * (1 + abs(float(loss_ref)))
-    for (pname, p), ref in zip(flow.named_parameters(), grads_ref, strict=True):
+    for i, ((pname, p), ref) in enumerate(zip(flow.named_parameters(), grads_ref, strict=True)):
         if ref.numel():
             scale = float(ref.abs().max()) + 1e-3
-            assert float((p.grad.double() - ref).abs().max()) <= 2e-5 * scale, pname
+            allowed = 2e-5 * scale
+            if grads_32 is not None:
+                allowed = max(allowed, 10 * float((grads_32[i].double() - ref).abs().max()))
+            assert float((p.grad.double() - ref).abs().max()) <= allowed, pname
+
+
+def _float32_autograd(flow: realnvp.Flow, x: torch.Tensor) -> list[torch.Tensor]:
+    copied = copy.deepcopy(flow)
+    return list(torch.autograd.grad(-copied.log_prob(x).mean(), list(copied.parameters())))
 
 
 def _compiled_step(flow: realnvp.Flow, x: torch.Tensor) -> torch.Tensor:
@@ -79,9 +98,10 @@ def test_compiled_step_matches_autograd(name: str, rows: int) -> None:
         flow.standardize.scale.uniform_(0.5, 2.0)
     x = torch.randn(rows, kwargs["dim"], dtype=torch.float32) * 2
     loss_ref, grads_ref = _reference(flow, x)
+    grads_32 = _float32_autograd(flow, x)
     loss = _compiled_step(flow, x)
     assert loss.dtype == torch.float32
-    _assert_matches(flow, loss, loss_ref, grads_ref)
+    _assert_matches(flow, loss, loss_ref, grads_ref, grads_32)
 
 
 @needs_compiler
@@ -188,4 +208,40 @@ def test_train_says_when_training_takes_the_slower_step(
     realnvp.cli.main(["train", "--steps", "3", "--layers", "2", "--hidden", "8", "--n-train",
                       "300", "--no-plots", "--quiet", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert ("TorchScript step" in err) is not available
+    assert ("slower than the compiled step" in err) is not available
+
+
+def test_spline_couplings_step_aside_to_autograd_without_the_compiled_step(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the C step trains splines: in float64, or without it, autograd does."""
+    flow = realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,), coupling="spline")
+    for p in flow.parameters():
+        p.grad = torch.zeros_like(p)
+    step = fast_step_for(flow.double())
+    if step is not None:  # the library is there, but not for float64
+        assert step(torch.randn(10, 2, dtype=torch.float64)) is None
+    monkeypatch.setattr(native, "USE_NATIVE", False)
+    monkeypatch.setattr(native, "_loaded", [])
+    assert fast_step_for(flow.float()) is None
+
+
+@needs_compiler
+def test_a_spline_flow_trains_through_the_compiled_step() -> None:
+    """fit with the compiled step lowers the loss, and the flow stays exactly invertible."""
+    from realnvp.training.fit import TrainStep
+
+    torch.manual_seed(0)
+    flow = realnvp.RealNVP(dim=2, n_layers=4, hidden=(16, 16), coupling="spline").float()
+    x = (torch.randn(256, 2) * torch.tensor([1.0, 0.2]) + torch.tensor([0.0, 1.0])).float()
+    step = TrainStep(flow, lr=1e-2)
+    first, _ = step(x)
+    assert isinstance(step.fast._chain._native, native.NativeChain)
+    for _ in range(100):
+        last, why = step(x)
+        assert why is None
+    assert float(last) < float(first) - 1.0
+    with torch.no_grad():
+        z, _ = flow.forward(x)
+        back, _ = flow.inverse(z)
+    assert torch.allclose(back, x, atol=1e-4)

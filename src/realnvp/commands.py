@@ -174,20 +174,21 @@ def _train_and_finish(out: Path, flow: Any, data: runs.Data, config: TrainConfig
 
 def _note_slow_training(flow: Any, device: torch.device) -> None:
     """Say so on stderr when a flow that could take the compiled training step cannot (no C
-    compiler, or ``REALNVP_NATIVE=0``): its TorchScript step is 1.5-3.6x slower."""
+    compiler, or ``REALNVP_NATIVE=0``): its TorchScript step is 1.5-3.6x slower, autograd
+    (what spline couplings fall back to) about 5x."""
+    from realnvp.bijections import RationalQuadraticCoupling
     from realnvp.training import native
-    from realnvp.training.fast import fast_step_for
+    from realnvp.training.fast import compiled_step_applies
 
     if device.type != "cpu" or next(flow.parameters()).dtype != torch.float32:
         return
-    step = fast_step_for(flow)
-    relu = step is not None and all(
-        getattr(layer, "activation", "relu") == "relu" for layer in step.layers)
-    if relu and native.library() is None:
+    if compiled_step_applies(flow) and native.library() is None:
         why = ("REALNVP_NATIVE=0" if not native.USE_NATIVE
                else "no C compiler (cc/gcc/clang) was found, or it failed")
-        click.echo(f"note: {why}: training runs the TorchScript step, 1.5-3.6x slower than "
-                   "the compiled one", err=True)
+        spline = any(isinstance(layer, RationalQuadraticCoupling) for layer in flow.bijection)
+        slower = ("autograd, about 5x" if spline else "the TorchScript step, 1.5-3.6x")
+        click.echo(f"note: {why}: training runs {slower} slower than the compiled step",
+                   err=True)
 
 
 def _final_metrics(flow: Any, data: runs.Data, history: Any, seconds: float) -> dict[str, Any]:

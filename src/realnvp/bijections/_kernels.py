@@ -333,9 +333,11 @@ def coupling_inverse(
     return merge_columns(z1, x2, kept, transformed, kept_view, transformed_view), neg_s.sum(1)
 
 
-COUPLING, PERMUTE = 0, 1
+COUPLING, PERMUTE, SPLINE = 0, 1, 2
 """Layer kinds in the chain kernels: an affine coupling; a permutation (``kept`` holds its
-index, ``transformed`` the inverse's)."""
+index, ``transformed`` the inverse's); a rational-quadratic spline coupling, which only
+the compiled training step (:mod:`realnvp.training.native`) takes (see
+:meth:`realnvp.bijections.base.Bijection._training_spec`)."""
 
 
 def chain_forward_train(

@@ -48,6 +48,13 @@ class Bijection(nn.Module):
         default): then :class:`Chain` calls it as a module."""
         return None
 
+    def _training_spec(self) -> tuple[Any, ...] | None:
+        """This layer as the training steps of :mod:`realnvp.training.fast` take it: its
+        :meth:`_fused_spec` (the default), or, for a layer only the compiled C step can
+        train (kind ``SPLINE`` of :mod:`realnvp.bijections._kernels`), an entry in the same
+        layout that the TorchScript kernels never see."""
+        return self._fused_spec()
+
     def _scoring_spec(self, rows: int) -> tuple[Any, ...] | None:
         """:meth:`_fused_spec` for scoring or sampling ``rows`` rows now; a layer may swap in
         cheaper exact parameters there (tables of a conditioner's linear pieces)."""

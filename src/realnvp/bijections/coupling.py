@@ -72,6 +72,10 @@ class Coupling(Bijection):
         self._kept_view = _as_view(self.kept)
         self._transformed_view = _as_view(self.transformed)
 
+    def _halves(self) -> tuple[Tensor, Tensor, list[int], list[int]]:
+        """The kernels' description of the halves: indices, and views where they exist."""
+        return self.kept, self.transformed, self._kept_view, self._transformed_view
+
     def _split(self, x: Tensor) -> tuple[Tensor, Tensor]:
         return (take_columns(x, self.kept, self._kept_view),
                 take_columns(x, self.transformed, self._transformed_view))
@@ -172,10 +176,6 @@ class AffineCoupling(Coupling):
                 and self.activation in FUSED_ACTIVATIONS
                 and not self.conditioner._forward_hooks
                 and not self.conditioner._forward_pre_hooks)
-
-    def _halves(self) -> tuple[Tensor, Tensor, list[int], list[int]]:
-        """The kernels' description of the halves: indices, and views where they exist."""
-        return self.kept, self.transformed, self._kept_view, self._transformed_view
 
     def _kernel_args(self) -> tuple[list[Tensor], float, float, list[Tensor], bool]:
         params = self.conditioner.flat_parameters()

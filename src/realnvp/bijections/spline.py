@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from realnvp.bijections._kernels import SPLINE
 from realnvp.bijections.coupling import Coupling
 
 __all__ = ["RationalQuadraticCoupling", "rq_derivatives", "rq_knots", "rq_spline"]
@@ -236,6 +238,29 @@ class RationalQuadraticCoupling(Coupling):
         self.bound = float(bound)
         self.params_per_feature = 3 * self.bins - 1
         super().__init__(mask, hidden, activation, context_features, input_bound)
+
+    def _constants_key(self, like: Tensor) -> tuple[Any, ...]:
+        """What the compiled training step's description of this layer depends on besides
+        the parameters themselves."""
+        return (self.input_bound, self.bound, self.bins, like.dtype, like.device)
+
+    def _training_spec(self) -> tuple[Any, ...] | None:
+        """This layer for the compiled training step (:mod:`realnvp.training.native`):
+        ``(SPLINE, kept, transformed, kept view, transformed view, conditioner params,
+        input bound (0: none), B, bins, True)``; None with context, a tanh conditioner,
+        hooks, or a subclass that changes the map."""
+        cls = type(self)
+        if (self.context_features or self.activation != "relu" or self._forward_hooks
+                or self._forward_pre_hooks or self.conditioner._forward_hooks
+                or self.conditioner._forward_pre_hooks
+                or cls.forward is not Coupling.forward
+                or cls._transform is not RationalQuadraticCoupling._transform
+                or cls._params is not Coupling._params
+                or cls._conditioner_input is not Coupling._conditioner_input):
+            return None
+        bound = 0.0 if self.input_bound is None else float(self.input_bound)
+        return (SPLINE, *self._halves(), self.conditioner.flat_parameters(), bound, self.bound,
+                self.bins, True)
 
     def _spline_params(self, params: Tensor, features: Tensor) -> list[Tensor]:
         """Split ``(batch, n * (3K - 1))`` into widths, heights and derivatives per feature."""

@@ -1,18 +1,22 @@
-/* One training step's forward and backward pass through a stack of affine couplings and
- * permutations, for the rows of one part of a batch, in float32 on one thread.
+/* One training step's forward and backward pass through a stack of affine or
+ * rational-quadratic spline couplings and permutations, for the rows of one part of a
+ * batch, in float32 on one thread.
  *
  * The same arithmetic as the TorchScript kernels (realnvp/bijections/_kernels.py,
- * coupling_forward and coupling_backward); see realnvp/training/native.py for the contract.
+ * coupling_forward and coupling_backward) and, for splines, as
+ * realnvp/bijections/spline.py; see realnvp/training/native.py for the contract.
  * The matrix products of wide layers go to the BLAS that torch itself links (its sgemm_,
  * passed in by rnvp_set_blas); everything else is plain loops over rows, each layer's
  * elementwise steps done in one pass while its rows are in cache.
  *
- * Layers are described by four integers each, meta[4 i ..]: kind (0 affine coupling, 1
- * permutation), d1 (kept features), d2 (transformed features), n (linear layers of the
- * conditioner, input to output). The other arrays are read in layer order: index (a
- * coupling's d1 kept then d2 transformed columns; a permutation's dim-long permutation then
- * its inverse), widths (per linear layer: out, in), bounds (per coupling: input bound,
- * scale bound; <= 0 means none), params and grads (per linear layer: weight, bias). */
+ * Layers are described by five integers each, meta[5 i ..]: kind (0 affine coupling, 1
+ * permutation, 2 spline coupling), d1 (kept features), d2 (transformed features), n
+ * (linear layers of the conditioner, input to output), K (a spline's bins; else 0). The
+ * other arrays are read in layer order: index (a coupling's d1 kept then d2 transformed
+ * columns; a permutation's dim-long permutation then its inverse), widths (per linear
+ * layer: out, in), bounds (per coupling: input bound, then the scale bound of an affine
+ * coupling or the interval bound B of a spline; an input or scale bound <= 0 means none),
+ * params and grads (per linear layer: weight, bias). */
 
 #include <math.h>
 #include <stdint.h>
@@ -27,7 +31,8 @@ typedef int (*threads_fn)(int);
 static sgemm_fn blas_sgemm = NULL;
 static threads_fn blas_threads_local = NULL;
 
-enum { COUPLING = 0, PERMUTE = 1 };
+enum { COUPLING = 0, PERMUTE = 1, SPLINE = 2 };
+#define META 5  /* integers per layer in meta */
 
 /* exp and tanh written so that loops over rows vectorise (libm's are calls, one value at a
  * time); within 2 ulp of the exact values, as torch's own vectorised versions are. */
@@ -70,6 +75,29 @@ static inline float tanh_approx(float x) {
     const float e = exp_approx(2.0f * (ax < 9.0f ? ax : 9.0f));
     const float large = copysignf(1.0f - 2.0f / (e + 1.0f), x);
     return ax < 0.55f ? small : large;
+}
+
+/* log(x) for positive normal x: x = 2^e m with m in [sqrt(1/2), sqrt(2)), log m =
+ * 2 atanh(q) with q = (m - 1) / (m + 1), |q| <= 0.172, by its series to q^13 (remainder
+ * < 1e-11 relative), plus e ln 2 with ln 2 in two parts. NaN stays NaN. */
+static inline float log_approx(float x) {
+    union { float f; int32_t i; } v;
+    v.f = x;
+    float e = (float)(((v.i >> 23) & 0xff) - 127);
+    v.i = (v.i & 0x007fffff) | 0x3f800000;
+    const float big = v.f > 1.41421356f ? 1.0f : 0.0f;
+    const float m = v.f * (1.0f - 0.5f * big);
+    e += big;
+    const float q = (m - 1.0f) / (m + 1.0f), q2 = q * q;
+    float p = 1.0f / 13.0f;
+    p = p * q2 + 1.0f / 11.0f;
+    p = p * q2 + 1.0f / 9.0f;
+    p = p * q2 + 1.0f / 7.0f;
+    p = p * q2 + 1.0f / 5.0f;
+    p = p * q2 + 1.0f / 3.0f;
+    const float r = (2.0f * q + 2.0f * q * (p * q2) + e * 1.428606765330187e-06f)
+                    + e * 0.693145751953125f;
+    return x == x ? r : x;
 }
 
 /* Hidden layers with at most THIN_IN inputs take loops instead of sgemm (a product with one
@@ -206,10 +234,277 @@ static void head_backward(int64_t rows, int64_t o, int64_t i, const float *restr
     if (act != NULL) relu_mask_and_sums(rows, i, act, gin, gb_in);
 }
 
+/* Rational-quadratic splines (realnvp/bijections/spline.py: rq_knots, rq_derivatives,
+ * rq_spline), one transformed feature over a block of n <= ROW_BLOCK rows. */
+#define SPLINE_MIN_SIZE 1e-3f        /* smallest bin, as a fraction of [-B, B] */
+#define SPLINE_MIN_DERIVATIVE 1e-3f  /* smallest interior knot derivative */
+#define SOFTPLUS_OF_ONE 0.5413248546129181f  /* log(e - 1): softplus of it is 1 */
+
+/* Floats of scratch spline_block needs for K bins. */
+static int64_t spline_scratch(int64_t K) { return ROW_BLOCK * (9 * (K + 1) + 16); }
+
+/* softplus(z) = max(z, 0) + log(1 + exp(-|z|)). */
+static inline float softplus_approx(float z) {
+    return (z > 0.0f ? z : 0.0f) + log_approx(1.0f + exp_approx(-fabsf(z)));
+}
+
+/* u[p * ldu + r]: raw parameter p of row r (K widths, K heights, K - 1 interior
+ * derivatives, unnormalised), x[r * xs]: row r's input. Forward (gy NULL): y[r * ys] =
+ * the spline's value, ld[r] += log dy/dx; B bounds the interval, the identity outside.
+ * Backward (gy[r * gys]: the loss's gradient with respect to y; gl: with respect to each
+ * log dy/dx): gu[p * ldg + r] = the gradient with respect to raw parameter p, gx[r * gxs]
+ * with respect to x. The knots, derivatives and bin are computed again for the backward. */
+static void spline_block(int64_t n, int64_t K, float B, const float *u, int64_t ldu,
+                         const float *x, int64_t xs, float *y, int64_t ys, float *ld,
+                         const float *gy, int64_t gys, float gl, float *gu, int64_t ldg,
+                         float *gx, int64_t gxs, float *scratch) {
+    const int64_t R = ROW_BLOCK, K1 = K + 1;
+    const float spread = 1.0f - (float)K * SPLINE_MIN_SIZE;
+    const float unit = 1.0f / softplus_approx(SOFTPLUS_OF_ONE);  /* 1 up to rounding */
+    float *sw = scratch, *sh = sw + K1 * R, *xk = sh + K1 * R, *yk = xk + K1 * R;
+    float *dk = yk + K1 * R, *sg = dk + K1 * R, *g1 = sg + K1 * R, *g2 = g1 + K1 * R;
+    float *g3 = g2 + K1 * R, *row = g3 + K1 * R;
+    float *xc = row, *bin = row + R, *acc = row + 2 * R, *mx = row + 3 * R;
+    float *gx0 = row + 4 * R, *gx1 = row + 5 * R, *gy0 = row + 6 * R, *gy1 = row + 7 * R;
+    float *gd0 = row + 8 * R, *gd1 = row + 9 * R, *inside = row + 10 * R;
+
+    /* Bin sizes by softmax, then knots: widths into sw / xk, heights into sh / yk. */
+    for (int side = 0; side < 2; side++) {
+        const float *us = u + side * K * ldu;
+        float *sz = side ? sh : sw, *kn = side ? yk : xk;
+        for (int64_t r = 0; r < n; r++) mx[r] = us[r];
+        for (int64_t p = 1; p < K; p++)
+#pragma omp simd
+            for (int64_t r = 0; r < n; r++) mx[r] = us[p * ldu + r] > mx[r] ? us[p * ldu + r] : mx[r];
+        for (int64_t r = 0; r < n; r++) acc[r] = 0.0f;
+        for (int64_t p = 0; p < K; p++)
+#pragma omp simd
+            for (int64_t r = 0; r < n; r++) {
+                const float e = exp_approx(us[p * ldu + r] - mx[r]);
+                sz[p * R + r] = e;
+                acc[r] += e;
+            }
+        for (int64_t r = 0; r < n; r++) acc[r] = 1.0f / acc[r];
+        for (int64_t p = 0; p < K; p++)
+#pragma omp simd
+            for (int64_t r = 0; r < n; r++) sz[p * R + r] *= acc[r];
+        for (int64_t r = 0; r < n; r++) {
+            acc[r] = 0.0f;
+            kn[r] = -B;
+            kn[K * R + r] = B;
+        }
+        for (int64_t p = 0; p + 1 < K; p++)
+#pragma omp simd
+            for (int64_t r = 0; r < n; r++) {
+                acc[r] += SPLINE_MIN_SIZE + spread * sz[p * R + r];
+                kn[(p + 1) * R + r] = 2.0f * B * acc[r] - B;
+            }
+    }
+    /* Knot derivatives: 1 at both ends, d_min + (1 - d_min) softplus(u + c) inside; sg
+     * keeps d d_i / d u. */
+    for (int64_t r = 0; r < n; r++) {
+        dk[r] = 1.0f;
+        dk[K * R + r] = 1.0f;
+    }
+    for (int64_t i = 1; i < K; i++) {
+        const float *ud = u + (2 * K + i - 1) * ldu;
+#pragma omp simd
+        for (int64_t r = 0; r < n; r++) {
+            const float z = ud[r] + SOFTPLUS_OF_ONE;
+            dk[i * R + r] = SPLINE_MIN_DERIVATIVE +
+                            (1.0f - SPLINE_MIN_DERIVATIVE) * unit * softplus_approx(z);
+            sg[i * R + r] = (1.0f - SPLINE_MIN_DERIVATIVE) * unit / (1.0f + exp_approx(-z));
+        }
+    }
+    /* The bin of each (clamped) input: the last knot at or below it, at most K - 1. */
+    for (int64_t r = 0; r < n; r++) {
+        const float v = x[r * xs];
+        inside[r] = (v >= -B && v <= B) ? 1.0f : 0.0f;
+        xc[r] = v < -B ? -B : (v > B ? B : v);
+        bin[r] = 0.0f;
+    }
+    for (int64_t i = 1; i < K; i++)
+#pragma omp simd
+        for (int64_t r = 0; r < n; r++) bin[r] += xk[i * R + r] <= xc[r] ? 1.0f : 0.0f;
+
+    for (int64_t r = 0; r < n; r++) {
+        float x0 = xk[r], x1 = xk[R + r], y0 = yk[r], y1 = yk[R + r], d0 = dk[r], d1 = dk[R + r];
+        for (int64_t i = 1; i < K; i++) {
+            const int sel = bin[r] == (float)i;
+            x0 = sel ? xk[i * R + r] : x0;
+            x1 = sel ? xk[(i + 1) * R + r] : x1;
+            y0 = sel ? yk[i * R + r] : y0;
+            y1 = sel ? yk[(i + 1) * R + r] : y1;
+            d0 = sel ? dk[i * R + r] : d0;
+            d1 = sel ? dk[(i + 1) * R + r] : d1;
+        }
+        const float w = x1 - x0, h = y1 - y0, s = h / w, dx = xc[r] - x0, xi = dx / w;
+        const float v = 1.0f - xi, t = xi * v, c = d0 + d1 - 2.0f * s;
+        const float den = s + c * t;
+        const float num = xi * (d1 * xi + s * v) + v * (s * xi + d0 * v);
+        const float in = inside[r];
+        if (gy == NULL) {
+            const float ratio = s * (s * xi + d0 * v) / den;
+            const float value = xc[r] + ((y0 - x0) + dx * (ratio - 1.0f));
+            y[r * ys] = in != 0.0f ? value : x[r * xs];
+            ld[r] += in * log_approx(s * s * num / (den * den));
+            continue;
+        }
+        /* With A = s xi^2 + d0 t, y = y0 + h A / den and log dy/dx = log(s^2 num / den^2). */
+        const float g = gy[r * gys], a = s * xi * xi + d0 * t, inv_den = 1.0f / den;
+        const float inv_num = 1.0f / num, tw = 1.0f - 2.0f * xi;
+        const float dy_h = a * inv_den;
+        const float dy_s = h * (xi * xi - dy_h * (1.0f - 2.0f * t)) * inv_den;
+        const float dy_d0 = h * t * (1.0f - dy_h) * inv_den;
+        const float dy_d1 = -h * t * dy_h * inv_den;
+        const float dy_xi = h * ((2.0f * s * xi + d0 * tw) - dy_h * c * tw) * inv_den;
+        const float dl_s = 2.0f / s + 2.0f * t * inv_num - 2.0f * (1.0f - 2.0f * t) * inv_den;
+        const float dl_d0 = v * v * inv_num - 2.0f * t * inv_den;
+        const float dl_d1 = xi * xi * inv_num - 2.0f * t * inv_den;
+        const float dl_xi = 2.0f * (d1 * xi + s * tw - d0 * v) * inv_num
+                            - 2.0f * c * tw * inv_den;
+        const float G_xi = (g * dy_xi + gl * dl_xi) * in, G_s = (g * dy_s + gl * dl_s) * in;
+        const float inv_w = 1.0f / w;
+        const float g_w = -(G_xi * xi + G_s * s) * inv_w, g_h = g * dy_h * in + G_s * inv_w;
+        gx[r * gxs] = in != 0.0f ? G_xi * inv_w : g;
+        gx0[r] = -G_xi * inv_w - g_w;  /* knot bin: x0; knot bin + 1: x0 + w */
+        gx1[r] = g_w;
+        gy0[r] = g * in - g_h;
+        gy1[r] = g_h;
+        gd0[r] = (g * dy_d0 + gl * dl_d0) * in;
+        gd1[r] = (g * dy_d1 + gl * dl_d1) * in;
+    }
+    if (gy == NULL) return;
+
+    /* Each knot's gradient (only the bin's two ends have one), then back through the
+     * cumulative sums and the softmax to the raw widths and heights. */
+    for (int64_t i = 0; i <= K; i++)
+#pragma omp simd
+        for (int64_t r = 0; r < n; r++) {
+            const float fi = (float)i, lo = bin[r] == fi ? 1.0f : 0.0f;
+            const float hi = bin[r] + 1.0f == fi ? 1.0f : 0.0f;
+            g1[i * R + r] = lo * gx0[r] + hi * gx1[r];
+            g2[i * R + r] = lo * gy0[r] + hi * gy1[r];
+            g3[i * R + r] = lo * gd0[r] + hi * gd1[r];
+        }
+    for (int side = 0; side < 2; side++) {
+        const float *sz = side ? sh : sw, *gk = side ? g2 : g1;
+        float *gout = gu + side * K * ldg;
+        /* d size_p = 2 B (sum of knot gradients for knots p + 1 .. K - 1); acc: running sum. */
+        for (int64_t r = 0; r < n; r++) {
+            acc[r] = 0.0f;
+            mx[r] = 0.0f;  /* sum_p size_p * d softmax_p */
+        }
+        for (int64_t p = K - 1; p >= 0; p--)
+#pragma omp simd
+            for (int64_t r = 0; r < n; r++) {
+                const float gsz = 2.0f * B * spread * acc[r];  /* d loss / d softmax_p */
+                if (p >= 1) acc[r] += gk[p * R + r];
+                gout[p * ldg + r] = gsz;
+                mx[r] += gsz * sz[p * R + r];
+            }
+        for (int64_t p = 0; p < K; p++)
+#pragma omp simd
+            for (int64_t r = 0; r < n; r++)
+                gout[p * ldg + r] = sz[p * R + r] * (gout[p * ldg + r] - mx[r]);
+    }
+    for (int64_t i = 1; i < K; i++) {
+        float *gd = gu + (2 * K + i - 1) * ldg;
+#pragma omp simd
+        for (int64_t r = 0; r < n; r++) gd[r] = g3[i * R + r] * sg[i * R + r];
+    }
+}
+
+/* An affine coupling's transform of features tr (y2 = x2 exp(s) + t, s = c tanh(o_s / c)
+ * or o_s when c <= 0) from the head's output out_t (d2 rows of o_s, then d2 of t, each
+ * `rows` long): the output into hn, log-dets added to ld, exp(s) and tanh into es, ts. */
+static void affine_forward(int64_t rows, int64_t dim, int64_t d2, const int64_t *tr, float c,
+                           const float *out_t, const float *x2, float *es, float *ts,
+                           float *hn, float *ld) {
+    for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+        const int64_t r1 = r0 + ROW_BLOCK < rows ? r0 + ROW_BLOCK : rows;
+        for (int64_t j = 0; j < d2; j++) {
+            const float *os = out_t + j * rows, *ot = out_t + (d2 + j) * rows;
+            const int64_t col = tr[j];
+            if (c > 0.0f) {
+                const float inv_c = 1.0f / c;
+#pragma omp simd
+                for (int64_t r = r0; r < r1; r++) {
+                    const float th = tanh_approx(os[r] * inv_c), s = c * th;
+                    const float e = exp_approx(s);
+                    ts[r * d2 + j] = th;
+                    es[r * d2 + j] = e;
+                    hn[r * dim + col] = x2[r * d2 + j] * e + ot[r];
+                    ld[r] += s;
+                }
+            } else {
+                for (int64_t r = r0; r < r1; r++) {
+                    const float s = os[r], e = expf(s);
+                    es[r * d2 + j] = e;
+                    hn[r * dim + col] = x2[r * d2 + j] * e + ot[r];
+                    ld[r] += s;
+                }
+            }
+        }
+    }
+}
+
+/* Its backward: from h (d loss / d output) and g_ld (d loss / d each log-det), the
+ * head's gradient g (transposed like out_t) and d loss / d x2 into hn's columns tr. */
+static void affine_backward(int64_t rows, int64_t dim, int64_t d2, const int64_t *tr, float c,
+                            const float *x2, const float *es, const float *ts, const float *h,
+                            float g_ld, float *g, float *hn) {
+    for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+        const int64_t r1 = r0 + ROW_BLOCK < rows ? r0 + ROW_BLOCK : rows;
+        for (int64_t j = 0; j < d2; j++) {
+            float *gs_t = g + j * rows, *gt_t = g + (d2 + j) * rows;
+            for (int64_t r = r0; r < r1; r++) {
+                const float gy = h[r * dim + tr[j]];
+                const float gx = gy * es[r * d2 + j];
+                float gs = g_ld + gx * x2[r * d2 + j];
+                if (c > 0.0f) gs *= 1.0f - ts[r * d2 + j] * ts[r * d2 + j];
+                gs_t[r] = gs;
+                gt_t[r] = gy;
+                hn[r * dim + tr[j]] = gx;
+            }
+        }
+    }
+}
+
+/* A spline coupling's transform of features tr, K bins on [-B, B], from the head's
+ * output out_t (per feature, its 3K - 1 raw parameters, each a row `rows` long). */
+static void spline_forward(int64_t rows, int64_t dim, int64_t d2, const int64_t *tr, int64_t K,
+                           float B, const float *out_t, const float *x2, float *hn, float *ld,
+                           float *scratch) {
+    const int64_t P = 3 * K - 1;
+    for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+        const int64_t r1 = r0 + ROW_BLOCK < rows ? r0 + ROW_BLOCK : rows;
+        for (int64_t j = 0; j < d2; j++)
+            spline_block(r1 - r0, K, B, out_t + j * P * rows + r0, rows, x2 + r0 * d2 + j, d2,
+                         hn + r0 * dim + tr[j], dim, ld + r0, NULL, 0, 0.0f, NULL, 0, NULL, 0,
+                         scratch);
+    }
+}
+
+/* Its backward, as affine_backward's. */
+static void spline_backward(int64_t rows, int64_t dim, int64_t d2, const int64_t *tr,
+                            int64_t K, float B, const float *out_t, const float *x2,
+                            const float *h, float g_ld, float *g, float *hn, float *scratch) {
+    const int64_t P = 3 * K - 1;
+    for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
+        const int64_t r1 = r0 + ROW_BLOCK < rows ? r0 + ROW_BLOCK : rows;
+        for (int64_t j = 0; j < d2; j++)
+            spline_block(r1 - r0, K, B, out_t + j * P * rows + r0, rows, x2 + r0 * d2 + j, d2,
+                         NULL, 0, NULL, h + r0 * dim + tr[j], dim, g_ld,
+                         g + j * P * rows + r0, rows, hn + r0 * dim + tr[j], dim, scratch);
+    }
+}
+
 /* What the layers need: floats of tape per coupling, and the widest linear side. */
 static int64_t tape_floats(const int64_t *meta, const int64_t *widths, int64_t rows) {
     const int64_t d1 = meta[1], d2 = meta[2], n = meta[3];
-    int64_t f = rows * (d1 + 3 * d2);  /* a, x2, exp(s), tanh(s / c) */
+    /* a, x2, then exp(s), tanh(s / c) (affine) or the head's output (spline) */
+    int64_t f = rows * (d1 + d2) + (meta[0] == SPLINE ? rows * widths[2 * (n - 1)] : 2 * rows * d2);
     for (int64_t k = 0; k + 1 < n; k++) f += rows * widths[2 * k];  /* hidden activations */
     return f;
 }
@@ -217,8 +512,8 @@ static int64_t tape_floats(const int64_t *meta, const int64_t *widths, int64_t r
 static int64_t widest(const int64_t *meta, int64_t n_layers, const int64_t *widths) {
     int64_t w = 1, wi = 0;
     for (int64_t l = 0; l < n_layers; l++) {
-        const int64_t *m = meta + 4 * l;
-        if (m[0] != COUPLING) continue;
+        const int64_t *m = meta + META * l;
+        if (m[0] == PERMUTE) continue;
         for (int64_t k = 0; k < m[3]; k++, wi++) {
             if (widths[2 * wi] > w) w = widths[2 * wi];
             if (widths[2 * wi + 1] > w) w = widths[2 * wi + 1];
@@ -231,14 +526,15 @@ static int64_t widest(const int64_t *meta, int64_t n_layers, const int64_t *widt
 int64_t rnvp_work_floats(const int64_t *meta, int64_t n_layers, int64_t dim, int64_t rows,
                          const int64_t *widths) {
     int64_t f = 2 * rows * dim + rows + 2 * rows * widest(meta, n_layers, widths);
-    int64_t wi = 0;
+    int64_t wi = 0, spline = 0;
     for (int64_t l = 0; l < n_layers; l++) {
-        const int64_t *m = meta + 4 * l;
-        if (m[0] != COUPLING) continue;
+        const int64_t *m = meta + META * l;
+        if (m[0] == PERMUTE) continue;
         f += tape_floats(m, widths + 2 * wi, rows);
         wi += m[3];
+        if (m[0] == SPLINE && spline_scratch(m[4]) > spline) spline = spline_scratch(m[4]);
     }
-    return f;
+    return f + spline;
 }
 
 /* Forward and backward of `rows` rows x (rows x dim) of a batch of 1 / inv_batch rows.
@@ -255,7 +551,11 @@ int rnvp_train_part(const int64_t *meta, int64_t n_layers, int64_t dim, int64_t 
     const int threads = blas_threads_local != NULL ? blas_threads_local(1) : 0;
     const int64_t wide = widest(meta, n_layers, widths);
     float *h = work, *hn = work + rows * dim, *ld = hn + rows * dim;
-    float *ga = ld + rows, *gb = ga + rows * wide, *tape = gb + rows * wide;
+    int64_t most_bins = 0;
+    for (int64_t l = 0; l < n_layers; l++)
+        if (meta[META * l] == SPLINE && meta[META * l + 4] > most_bins) most_bins = meta[META * l + 4];
+    float *ga = ld + rows, *gb = ga + rows * wide, *scratch = gb + rows * wide;
+    float *tape = scratch + (most_bins > 0 ? spline_scratch(most_bins) : 0);
     int64_t *tapes = malloc((size_t)(n_layers > 0 ? n_layers : 1) * sizeof(int64_t));
     if (tapes == NULL) {
         if (blas_threads_local != NULL) blas_threads_local(threads);
@@ -273,7 +573,7 @@ int rnvp_train_part(const int64_t *meta, int64_t n_layers, int64_t dim, int64_t 
     /* Forward. */
     int64_t ii = 0, wi = 0, bi = 0, pi = 0, used = 0;
     for (int64_t l = 0; l < n_layers; l++) {
-        const int64_t *m = meta + 4 * l;
+        const int64_t *m = meta + META * l;
         if (m[0] == PERMUTE) {
             const int64_t *perm = index + ii;
             for (int64_t r = 0; r < rows; r++)
@@ -313,35 +613,14 @@ int rnvp_train_part(const int64_t *meta, int64_t n_layers, int64_t dim, int64_t 
                 in = out;
                 out += rows * o;
             }
-            /* The head's output, transposed, in scratch: rows of s, then rows of t. */
-            head_forward(rows, 2 * d2, widths[2 * (wi + n - 1) + 1], in,
-                         params[pi + 2 * n - 2], params[pi + 2 * n - 1], ga);
-            for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
-                const int64_t r1 = r0 + ROW_BLOCK < rows ? r0 + ROW_BLOCK : rows;
-                for (int64_t j = 0; j < d2; j++) {
-                    const float *os = ga + j * rows, *ot = ga + (d2 + j) * rows;
-                    const int64_t col = tr[j];
-                    if (c > 0.0f) {
-                        const float inv_c = 1.0f / c;
-#pragma omp simd
-                        for (int64_t r = r0; r < r1; r++) {
-                            const float th = tanh_approx(os[r] * inv_c), s = c * th;
-                            const float e = exp_approx(s);
-                            ts[r * d2 + j] = th;
-                            es[r * d2 + j] = e;
-                            hn[r * dim + col] = x2[r * d2 + j] * e + ot[r];
-                            ld[r] += s;
-                        }
-                    } else {
-                        for (int64_t r = r0; r < r1; r++) {
-                            const float s = os[r], e = expf(s);
-                            es[r * d2 + j] = e;
-                            hn[r * dim + col] = x2[r * d2 + j] * e + ot[r];
-                            ld[r] += s;
-                        }
-                    }
-                }
-            }
+            /* The head's output, transposed: kept on the tape (spline), else in scratch. */
+            float *out_t = m[0] == SPLINE ? x2 + rows * d2 : ga;
+            head_forward(rows, widths[2 * (wi + n - 1)], widths[2 * (wi + n - 1) + 1], in,
+                         params[pi + 2 * n - 2], params[pi + 2 * n - 1], out_t);
+            if (m[0] == SPLINE)
+                spline_forward(rows, dim, d2, tr, m[4], c, out_t, x2, hn, ld, scratch);
+            else
+                affine_forward(rows, dim, d2, tr, c, out_t, x2, es, ts, hn, ld);
             used += tape_floats(m, widths + 2 * wi, rows);
             ii += d1 + d2;
             wi += n;
@@ -369,7 +648,7 @@ int rnvp_train_part(const int64_t *meta, int64_t n_layers, int64_t dim, int64_t 
 
     /* Backward: h holds d loss / d (the current layer's output); hn receives its input's. */
     for (int64_t l = n_layers - 1; l >= 0; l--) {
-        const int64_t *m = meta + 4 * l;
+        const int64_t *m = meta + META * l;
         if (m[0] == PERMUTE) {
             ii -= 2 * dim;
             const int64_t *inv = index + ii + dim;
@@ -388,21 +667,11 @@ int rnvp_train_part(const int64_t *meta, int64_t n_layers, int64_t dim, int64_t 
             for (int64_t k = 0; k + 1 < n; k++) hidden += rows * widths[2 * (wi + k)];
             const float *x2 = acts + hidden, *es = x2 + rows * d2, *ts = es + rows * d2;
             float *g = ga, *gn = gb;  /* the head's gradient, transposed like its output */
-            for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
-                const int64_t r1 = r0 + ROW_BLOCK < rows ? r0 + ROW_BLOCK : rows;
-                for (int64_t j = 0; j < d2; j++) {
-                    float *gs_t = g + j * rows, *gt_t = g + (d2 + j) * rows;
-                    for (int64_t r = r0; r < r1; r++) {
-                        const float gy = h[r * dim + tr[j]];
-                        const float gx = gy * es[r * d2 + j];
-                        float gs = g_ld + gx * x2[r * d2 + j];
-                        if (c > 0.0f) gs *= 1.0f - ts[r * d2 + j] * ts[r * d2 + j];
-                        gs_t[r] = gs;
-                        gt_t[r] = gy;
-                        hn[r * dim + tr[j]] = gx;
-                    }
-                }
-            }
+            if (m[0] == SPLINE)
+                spline_backward(rows, dim, d2, tr, m[4], c, x2 + rows * d2, x2, h, g_ld, g, hn,
+                                scratch);
+            else
+                affine_backward(rows, dim, d2, tr, c, x2, es, ts, h, g_ld, g, hn);
             /* The linear layers from the head down; layer k's input is a or hidden k - 1. */
             for (int64_t k = n - 1; k >= 0; k--) {
                 const int64_t o = widths[2 * (wi + k)], i = widths[2 * (wi + k) + 1];

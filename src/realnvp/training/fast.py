@@ -35,7 +35,7 @@ from torch import Tensor
 
 from realnvp.bijections import Standardize
 from realnvp.bijections._blocks import flushing_denormals, on_threads
-from realnvp.bijections._kernels import PERMUTE, kernels, training_workspace, use_onednn
+from realnvp.bijections._kernels import PERMUTE, SPLINE, kernels, training_workspace, use_onednn
 from realnvp.distributions import DiagonalNormal, StandardNormal
 from realnvp.flow import Flow
 from realnvp.training import native
@@ -49,17 +49,40 @@ def fast_step_for(flow: Flow) -> FastStep | None:
 
     The step can do a standardisation first, then affine couplings and permutations that
     the compiled chain kernels take as they are (their ``_fused_spec()``: ReLU or tanh
-    conditioners, no context, no hooks, no overridden ``forward``/``inverse``).
+    conditioners, no context, no hooks, no overridden ``forward``/``inverse``), and, where
+    the compiled C step is available, rational-quadratic spline couplings with ReLU
+    conditioners (their ``_training_spec()``).
     """
+    specs = _training_specs(flow)
+    if specs is None:
+        return None
+    if any(spec[0] == SPLINE for spec in specs) and native.library() is None:
+        return None  # only the compiled step trains splines
+    return FastStep(flow)
+
+
+def compiled_step_applies(flow: Flow) -> bool:
+    """Whether ``flow``'s layers are ones the compiled C step trains (ReLU couplings,
+    permutations), whether or not this machine can build it."""
+    specs = _training_specs(flow)
+    return specs is not None and all(spec[0] == PERMUTE or spec[9] for spec in specs)
+
+
+def _training_specs(flow: Flow) -> list[tuple[Any, ...]] | None:
+    """The ``_training_spec()`` of each layer after a leading standardisation, or None when
+    one has none or the base is not a standard normal."""
     if type(flow.base) is not StandardNormal or isinstance(flow.base, DiagonalNormal):
         return None
+    specs = []
     with torch.no_grad():
         for i, layer in enumerate(flow.bijection):
             if isinstance(layer, Standardize) and i == 0:
                 continue
-            if layer._fused_spec() is None:  # a later Standardize has none either
+            spec = layer._training_spec()
+            if spec is None:  # a later Standardize has none either
                 return None
-    return FastStep(flow)
+            specs.append(spec)
+    return specs
 
 
 class FastStep:
@@ -99,7 +122,7 @@ class FastStep:
         for layer in self.layers:
             if isinstance(layer, Standardize):
                 continue
-            spec = layer._fused_spec()
+            spec = layer._training_spec()
             if spec is None:
                 return None
             layer_grads = [p.grad for p in spec[5]]
@@ -134,6 +157,8 @@ class FastStep:
         compiled = c.native(x, standardize)
         if compiled is not None:
             return self._compiled(compiled, c, x, standardize) / batch + const
+        if c.native_only:  # spline couplings, in float64 say: autograd trains them
+            return None
         if standardize is not None:
             h = (h - standardize.loc) / standardize.scale
         parts = _parts(x)
@@ -237,6 +262,7 @@ class _Chain:
         self.columns = ([list(column) for column in zip(*specs, strict=True)] if specs
                         else [[] for _ in range(10)])
         self.grads = grads
+        self.native_only = any(spec[0] == SPLINE for spec in specs)  # TorchScript cannot
         self.flat_grads = [g for layer in grads for g in layer]
         self._spares: list[list[list[Tensor]]] = []
         self._flat_spares: list[list[Tensor]] = []

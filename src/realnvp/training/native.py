@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from realnvp.bijections._kernels import PERMUTE
+from realnvp.bijections._kernels import PERMUTE, SPLINE
 
 __all__ = ["USE_NATIVE", "NativeChain", "library"]
 
@@ -178,7 +178,7 @@ class NativeChain:
     """
 
     def __init__(self, lib: ctypes.CDLL, columns: list[list[Any]], dim: int) -> None:
-        kinds, kept, transformed, _, _, params, input_bounds, scale_bounds, _, relus = columns
+        kinds, kept, transformed, _, _, params, input_bounds, scale_bounds, extra, relus = columns
         meta: list[int] = []
         index: list[int] = []
         widths: list[int] = []
@@ -187,12 +187,13 @@ class NativeChain:
         for i, kind in enumerate(kinds):
             index += kept[i].tolist() + transformed[i].tolist()
             if kind == PERMUTE:
-                meta += [1, 0, 0, 0]
+                meta += [PERMUTE, 0, 0, 0, 0]
                 continue
             if not relus[i]:
                 raise ValueError("the compiled step takes ReLU conditioners only")
             layer = params[i]
-            meta += [0, kept[i].numel(), transformed[i].numel(), len(layer) // 2]
+            bins = int(extra[i]) if kind == SPLINE else 0  # a spline's entry holds its bins
+            meta += [kind, kept[i].numel(), transformed[i].numel(), len(layer) // 2, bins]
             for k in range(len(layer) // 2):
                 widths += list(layer[2 * k].shape)
             bounds += [input_bounds[i], scale_bounds[i]]
