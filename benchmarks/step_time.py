@@ -19,7 +19,8 @@ steps of ``--batch`` rows on ``--threads`` threads, split into row parts or whol
 ``--batch`` rows with each row part's activations in buffers kept between steps, or fresh:
 :data:`realnvp.training.fast.TRAIN_WORKSPACE`), ``native`` (training steps of ``--batch``
 rows through the compiled C step of :mod:`realnvp.training.native`, or the TorchScript
-one). ``--blocks`` is ``--compare blocks``.
+one; with ``--coupling spline``, the C step or autograd). ``--blocks`` is ``--compare
+blocks``.
 """
 
 from __future__ import annotations
@@ -62,8 +63,10 @@ def best_ms(fn, calls: int, repeats: int = 5) -> float:  # noqa: ANN001
     return min(times) * 1e3
 
 
-def moved_flow(layers: int, hidden: int) -> realnvp.Flow:
-    flow = realnvp.RealNVP(2, n_layers=layers, hidden=(hidden, hidden))
+def moved_flow(layers: int, hidden: int, coupling: str = "affine", bins: int = 8
+               ) -> realnvp.Flow:
+    flow = realnvp.RealNVP(2, n_layers=layers, hidden=(hidden, hidden), coupling=coupling,
+                           bins=bins)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # off the identity start, as after training
         for p in flow.parameters():
@@ -76,6 +79,10 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--batch", type=int, default=512)
+    p.add_argument("--coupling", choices=["affine", "spline"], default="affine",
+                   help="spline: rational-quadratic couplings (--compare native: the C step "
+                   "against autograd)")
+    p.add_argument("--bins", type=int, default=8, help="bins of each spline")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: 1 for a TrainStep alone, else torch's)")
     p.add_argument("--blocks", action="store_true", help="same as --compare blocks")
@@ -85,7 +92,7 @@ def main() -> None:
     p.add_argument("--points", type=int, default=8192)
     p.add_argument("--rounds", type=int, default=9)
     args = p.parse_args()
-    flow = moved_flow(args.layers, args.hidden)
+    flow = moved_flow(args.layers, args.hidden, args.coupling, args.bins)
     feature = "blocks" if args.blocks else args.compare
     if args.threads is None:
         args.threads = 1 if feature is None and not args.score else torch.get_num_threads()

@@ -105,18 +105,22 @@ def test_compiled_step_matches_autograd(name: str, rows: int) -> None:
 
 
 @needs_compiler
-def test_parts_on_threads_sum_to_the_whole_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("coupling", ["affine", "spline"])
+def test_parts_on_threads_sum_to_the_whole_batch(coupling: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     from realnvp.training import fast
 
     monkeypatch.setattr(fast, "SPLIT_ROWS", 16)
-    flow = randomize(realnvp.RealNVP(dim=3, n_layers=4, hidden=(16, 16)), std=0.3).float()
+    flow = randomize(realnvp.RealNVP(dim=3, n_layers=4, hidden=(16, 16), coupling=coupling),
+                     std=0.3).float()
     x = torch.randn(101, 3, dtype=torch.float32)
     loss_ref, grads_ref = _reference(flow, x)
+    grads_32 = _float32_autograd(flow, x)
     before = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
         for _ in range(2):  # the second step reuses the parts' buffers
-            _assert_matches(flow, _compiled_step(flow, x), loss_ref, grads_ref)
+            _assert_matches(flow, _compiled_step(flow, x), loss_ref, grads_ref, grads_32)
     finally:
         torch.set_num_threads(before)
 

@@ -21,7 +21,9 @@ Float32 CPU batches through ReLU conditioners run the same arithmetic compiled f
 (:mod:`realnvp.training.native`; ``benchmarks/step_time.py --compare native``): each
 coupling's elementwise work in one pass over its rows instead of dozens of ATen calls.
 Everything else (float64, tanh conditioners, accelerators, no C compiler) runs the
-TorchScript kernels of :mod:`realnvp.bijections._kernels`.
+TorchScript kernels of :mod:`realnvp.bijections._kernels`. Rational-quadratic spline
+couplings take the compiled step too; where it cannot run, the step returns None and the
+caller trains them through autograd.
 """
 
 from __future__ import annotations

@@ -14,9 +14,17 @@ compiler and the CPU: ``$REALNVP_CACHE_DIR``, else ``$XDG_CACHE_HOME/realnvp``, 
 does not export it), with ``REALNVP_NATIVE=0`` in the environment or :data:`USE_NATIVE` set
 False, the TorchScript step runs instead: same results up to float32 rounding.
 
-Only float32 CPU flows of ReLU affine couplings and permutations, with or without a
-leading standardisation, take this path; the gradients are checked against autograd in
-``tests/test_native.py``.
+Only float32 CPU flows of ReLU affine or rational-quadratic spline couplings and
+permutations, with or without a leading standardisation, take this path; the gradients are
+checked against autograd in ``tests/test_native.py``. Spline couplings have no TorchScript
+step: without this one they train through autograd, about 5x slower
+(``benchmarks/step_time.py --coupling spline --compare native``).
+
+For a spline coupling the C step evaluates each transformed feature's spline over a block
+of rows at a time: the softmax bin sizes, their cumulative sums (the knots) and the softplus
+knot derivatives, the bin of each input, the value and ``log dy/dx``; the backward pass
+computes the same again and takes the gradients through the bin's two knots, the cumulative
+sums and the softmax, in closed form.
 """
 
 from __future__ import annotations
