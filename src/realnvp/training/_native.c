@@ -79,16 +79,15 @@ static inline float tanh_approx(float x) {
 
 /* log(x) for positive normal x: x = 2^e m with m in [sqrt(1/2), sqrt(2)), log m =
  * 2 atanh(q) with q = (m - 1) / (m + 1), |q| <= 0.172, by its series to q^13 (remainder
- * < 1e-11 relative), plus e ln 2 with ln 2 in two parts. NaN stays NaN. */
+ * < 1e-11 relative), plus e ln 2 with ln 2 in two parts. NaN stays NaN (through x - x,
+ * which a loop vectorises where it would not a select on x != x). */
 static inline float log_approx(float x) {
     union { float f; int32_t i; } v;
     v.f = x;
-    float e = (float)(((v.i >> 23) & 0xff) - 127);
-    v.i = (v.i & 0x007fffff) | 0x3f800000;
-    const float big = v.f > 1.41421356f ? 1.0f : 0.0f;
-    const float m = v.f * (1.0f - 0.5f * big);
-    e += big;
-    const float q = (m - 1.0f) / (m + 1.0f), q2 = q * q;
+    const int32_t bits = v.i, big = (bits & 0x007fffff) > 0x3504f3;  /* mantissa > sqrt 2 */
+    const float e = (float)(((bits >> 23) & 0xff) - 127 + big);
+    v.i = (bits & 0x007fffff) | ((127 - big) << 23);
+    const float m = v.f, q = (m - 1.0f) / (m + 1.0f), q2 = q * q;
     float p = 1.0f / 13.0f;
     p = p * q2 + 1.0f / 11.0f;
     p = p * q2 + 1.0f / 9.0f;
@@ -97,7 +96,7 @@ static inline float log_approx(float x) {
     p = p * q2 + 1.0f / 3.0f;
     const float r = (2.0f * q + 2.0f * q * (p * q2) + e * 1.428606765330187e-06f)
                     + e * 0.693145751953125f;
-    return x == x ? r : x;
+    return r + (x - x);
 }
 
 /* Hidden layers with at most THIN_IN inputs take loops instead of sgemm (a product with one
@@ -239,34 +238,34 @@ static void head_backward(int64_t rows, int64_t o, int64_t i, const float *restr
 #define SPLINE_MIN_SIZE 1e-3f        /* smallest bin, as a fraction of [-B, B] */
 #define SPLINE_MIN_DERIVATIVE 1e-3f  /* smallest interior knot derivative */
 #define SOFTPLUS_OF_ONE 0.5413248546129181f  /* log(e - 1): softplus of it is 1 */
+#define SPLINE_ROWS 24               /* per-row arrays of the scratch */
 
 /* Floats of scratch spline_block needs for K bins. */
-static int64_t spline_scratch(int64_t K) { return ROW_BLOCK * (9 * (K + 1) + 16); }
-
-/* softplus(z) = max(z, 0) + log(1 + exp(-|z|)). */
-static inline float softplus_approx(float z) {
-    return (z > 0.0f ? z : 0.0f) + log_approx(1.0f + exp_approx(-fabsf(z)));
-}
+static int64_t spline_scratch(int64_t K) { return ROW_BLOCK * (9 * (K + 1) + SPLINE_ROWS); }
 
 /* u[p * ldu + r]: raw parameter p of row r (K widths, K heights, K - 1 interior
  * derivatives, unnormalised), x[r * xs]: row r's input. Forward (gy NULL): y[r * ys] =
  * the spline's value, ld[r] += log dy/dx; B bounds the interval, the identity outside.
  * Backward (gy[r * gys]: the loss's gradient with respect to y; gl: with respect to each
  * log dy/dx): gu[p * ldg + r] = the gradient with respect to raw parameter p, gx[r * gxs]
- * with respect to x. The knots, derivatives and bin are computed again for the backward. */
+ * with respect to x. The knots, derivatives and bin are computed again for the backward.
+ * Every loop over rows is written to vectorise (one SIMD lane per row). */
 static void spline_block(int64_t n, int64_t K, float B, const float *u, int64_t ldu,
                          const float *x, int64_t xs, float *y, int64_t ys, float *ld,
                          const float *gy, int64_t gys, float gl, float *gu, int64_t ldg,
                          float *gx, int64_t gxs, float *scratch) {
     const int64_t R = ROW_BLOCK, K1 = K + 1;
     const float spread = 1.0f - (float)K * SPLINE_MIN_SIZE;
-    const float unit = 1.0f / softplus_approx(SOFTPLUS_OF_ONE);  /* 1 up to rounding */
+    const float e1 = exp_approx(-SOFTPLUS_OF_ONE);
+    const float unit = 1.0f / (SOFTPLUS_OF_ONE + log_approx(1.0f + e1));  /* 1 up to rounding */
     float *sw = scratch, *sh = sw + K1 * R, *xk = sh + K1 * R, *yk = xk + K1 * R;
     float *dk = yk + K1 * R, *sg = dk + K1 * R, *g1 = sg + K1 * R, *g2 = g1 + K1 * R;
     float *g3 = g2 + K1 * R, *row = g3 + K1 * R;
     float *xc = row, *bin = row + R, *acc = row + 2 * R, *mx = row + 3 * R;
     float *gx0 = row + 4 * R, *gx1 = row + 5 * R, *gy0 = row + 6 * R, *gy1 = row + 7 * R;
     float *gd0 = row + 8 * R, *gd1 = row + 9 * R, *inside = row + 10 * R;
+    float *x0 = row + 11 * R, *x1 = row + 12 * R, *y0 = row + 13 * R, *y1 = row + 14 * R;
+    float *d0 = row + 15 * R, *d1 = row + 16 * R, *out = row + 17 * R, *gin = row + 18 * R;
 
     /* Bin sizes by softmax, then knots: widths into sw / xk, heights into sh / yk. */
     for (int side = 0; side < 2; side++) {
@@ -300,8 +299,8 @@ static void spline_block(int64_t n, int64_t K, float B, const float *u, int64_t 
                 kn[(p + 1) * R + r] = 2.0f * B * acc[r] - B;
             }
     }
-    /* Knot derivatives: 1 at both ends, d_min + (1 - d_min) softplus(u + c) inside; sg
-     * keeps d d_i / d u. */
+    /* Knot derivatives: 1 at both ends, d_min + (1 - d_min) softplus(u + c) inside, with
+     * softplus(z) = max(z, 0) + log(1 + exp(-|z|)); sg keeps d d_i / d u. */
     for (int64_t r = 0; r < n; r++) {
         dk[r] = 1.0f;
         dk[K * R + r] = 1.0f;
@@ -309,14 +308,17 @@ static void spline_block(int64_t n, int64_t K, float B, const float *u, int64_t 
     for (int64_t i = 1; i < K; i++) {
         const float *ud = u + (2 * K + i - 1) * ldu;
 #pragma omp simd
+        for (int64_t r = 0; r < n; r++) acc[r] = exp_approx(-fabsf(ud[r] + SOFTPLUS_OF_ONE));
+#pragma omp simd
         for (int64_t r = 0; r < n; r++) {
-            const float z = ud[r] + SOFTPLUS_OF_ONE;
-            dk[i * R + r] = SPLINE_MIN_DERIVATIVE +
-                            (1.0f - SPLINE_MIN_DERIVATIVE) * unit * softplus_approx(z);
-            sg[i * R + r] = (1.0f - SPLINE_MIN_DERIVATIVE) * unit / (1.0f + exp_approx(-z));
+            const float z = ud[r] + SOFTPLUS_OF_ONE, e = acc[r], inv = 1.0f / (1.0f + e);
+            const float softplus = (z > 0.0f ? z : 0.0f) + log_approx(1.0f + e);
+            dk[i * R + r] = SPLINE_MIN_DERIVATIVE + (1.0f - SPLINE_MIN_DERIVATIVE) * unit * softplus;
+            sg[i * R + r] = (1.0f - SPLINE_MIN_DERIVATIVE) * unit * (z >= 0.0f ? inv : e * inv);
         }
     }
-    /* The bin of each (clamped) input: the last knot at or below it, at most K - 1. */
+    /* The bin of each (clamped) input, the last knot at or below it (at most K - 1), and
+     * its two knots' positions, heights and derivatives. */
     for (int64_t r = 0; r < n; r++) {
         const float v = x[r * xs];
         inside[r] = (v >= -B && v <= B) ? 1.0f : 0.0f;
@@ -326,47 +328,64 @@ static void spline_block(int64_t n, int64_t K, float B, const float *u, int64_t 
     for (int64_t i = 1; i < K; i++)
 #pragma omp simd
         for (int64_t r = 0; r < n; r++) bin[r] += xk[i * R + r] <= xc[r] ? 1.0f : 0.0f;
-
     for (int64_t r = 0; r < n; r++) {
-        float x0 = xk[r], x1 = xk[R + r], y0 = yk[r], y1 = yk[R + r], d0 = dk[r], d1 = dk[R + r];
-        for (int64_t i = 1; i < K; i++) {
+        x0[r] = xk[r], x1[r] = xk[R + r], y0[r] = yk[r], y1[r] = yk[R + r];
+        d0[r] = dk[r], d1[r] = dk[R + r];
+    }
+    for (int64_t i = 1; i < K; i++)
+#pragma omp simd
+        for (int64_t r = 0; r < n; r++) {
             const int sel = bin[r] == (float)i;
-            x0 = sel ? xk[i * R + r] : x0;
-            x1 = sel ? xk[(i + 1) * R + r] : x1;
-            y0 = sel ? yk[i * R + r] : y0;
-            y1 = sel ? yk[(i + 1) * R + r] : y1;
-            d0 = sel ? dk[i * R + r] : d0;
-            d1 = sel ? dk[(i + 1) * R + r] : d1;
+            x0[r] = sel ? xk[i * R + r] : x0[r];
+            x1[r] = sel ? xk[(i + 1) * R + r] : x1[r];
+            y0[r] = sel ? yk[i * R + r] : y0[r];
+            y1[r] = sel ? yk[(i + 1) * R + r] : y1[r];
+            d0[r] = sel ? dk[i * R + r] : d0[r];
+            d1[r] = sel ? dk[(i + 1) * R + r] : d1[r];
         }
-        const float w = x1 - x0, h = y1 - y0, s = h / w, dx = xc[r] - x0, xi = dx / w;
-        const float v = 1.0f - xi, t = xi * v, c = d0 + d1 - 2.0f * s;
+
+    if (gy == NULL) {
+        /* y = x + ((y0 - x0) + dx (ratio - 1)), exactly x at the identity parameters. */
+#pragma omp simd
+        for (int64_t r = 0; r < n; r++) {
+            const float w = x1[r] - x0[r], s = (y1[r] - y0[r]) / w, dx = xc[r] - x0[r];
+            const float xi = dx / w, v = 1.0f - xi, c = d0[r] + d1[r] - 2.0f * s;
+            const float den = s + c * xi * v;
+            const float num = xi * (d1[r] * xi + s * v) + v * (s * xi + d0[r] * v);
+            const float ratio = s * (s * xi + d0[r] * v) / den;
+            out[r] = xc[r] + ((y0[r] - x0[r]) + dx * (ratio - 1.0f));
+            ld[r] += inside[r] * log_approx(s * s * num / (den * den));
+        }
+        for (int64_t r = 0; r < n; r++) y[r * ys] = inside[r] != 0.0f ? out[r] : x[r * xs];
+        return;
+    }
+
+    /* With t = xi (1 - xi), A = s xi^2 + d0 t, den = s + (d0 + d1 - 2 s) t and num =
+     * d1 xi^2 + 2 s t + d0 (1 - xi)^2: y = y0 + h A / den, log dy/dx = log(s^2 num / den^2).
+     * Their partial derivatives in xi, s = h / w, h, d0 and d1, then in the knots. */
+    for (int64_t r = 0; r < n; r++) gin[r] = gy[r * gys];
+#pragma omp simd
+    for (int64_t r = 0; r < n; r++) {
+        const float w = x1[r] - x0[r], h = y1[r] - y0[r], s = h / w, xi = (xc[r] - x0[r]) / w;
+        const float v = 1.0f - xi, t = xi * v, c = d0[r] + d1[r] - 2.0f * s;
         const float den = s + c * t;
-        const float num = xi * (d1 * xi + s * v) + v * (s * xi + d0 * v);
-        const float in = inside[r];
-        if (gy == NULL) {
-            const float ratio = s * (s * xi + d0 * v) / den;
-            const float value = xc[r] + ((y0 - x0) + dx * (ratio - 1.0f));
-            y[r * ys] = in != 0.0f ? value : x[r * xs];
-            ld[r] += in * log_approx(s * s * num / (den * den));
-            continue;
-        }
-        /* With A = s xi^2 + d0 t, y = y0 + h A / den and log dy/dx = log(s^2 num / den^2). */
-        const float g = gy[r * gys], a = s * xi * xi + d0 * t, inv_den = 1.0f / den;
-        const float inv_num = 1.0f / num, tw = 1.0f - 2.0f * xi;
+        const float num = xi * (d1[r] * xi + s * v) + v * (s * xi + d0[r] * v);
+        const float g = gin[r], a = s * xi * xi + d0[r] * t, inv_den = 1.0f / den;
+        const float inv_num = 1.0f / num, tw = 1.0f - 2.0f * xi, in = inside[r];
         const float dy_h = a * inv_den;
         const float dy_s = h * (xi * xi - dy_h * (1.0f - 2.0f * t)) * inv_den;
         const float dy_d0 = h * t * (1.0f - dy_h) * inv_den;
         const float dy_d1 = -h * t * dy_h * inv_den;
-        const float dy_xi = h * ((2.0f * s * xi + d0 * tw) - dy_h * c * tw) * inv_den;
+        const float dy_xi = h * ((2.0f * s * xi + d0[r] * tw) - dy_h * c * tw) * inv_den;
         const float dl_s = 2.0f / s + 2.0f * t * inv_num - 2.0f * (1.0f - 2.0f * t) * inv_den;
         const float dl_d0 = v * v * inv_num - 2.0f * t * inv_den;
         const float dl_d1 = xi * xi * inv_num - 2.0f * t * inv_den;
-        const float dl_xi = 2.0f * (d1 * xi + s * tw - d0 * v) * inv_num
+        const float dl_xi = 2.0f * (d1[r] * xi + s * tw - d0[r] * v) * inv_num
                             - 2.0f * c * tw * inv_den;
         const float G_xi = (g * dy_xi + gl * dl_xi) * in, G_s = (g * dy_s + gl * dl_s) * in;
         const float inv_w = 1.0f / w;
         const float g_w = -(G_xi * xi + G_s * s) * inv_w, g_h = g * dy_h * in + G_s * inv_w;
-        gx[r * gxs] = in != 0.0f ? G_xi * inv_w : g;
+        out[r] = in != 0.0f ? G_xi * inv_w : g;
         gx0[r] = -G_xi * inv_w - g_w;  /* knot bin: x0; knot bin + 1: x0 + w */
         gx1[r] = g_w;
         gy0[r] = g * in - g_h;
@@ -374,7 +393,7 @@ static void spline_block(int64_t n, int64_t K, float B, const float *u, int64_t 
         gd0[r] = (g * dy_d0 + gl * dl_d0) * in;
         gd1[r] = (g * dy_d1 + gl * dl_d1) * in;
     }
-    if (gy == NULL) return;
+    for (int64_t r = 0; r < n; r++) gx[r * gxs] = out[r];
 
     /* Each knot's gradient (only the bin's two ends have one), then back through the
      * cumulative sums and the softmax to the raw widths and heights. */
