@@ -198,10 +198,11 @@ def test_the_build_is_cached(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
     assert native._build() == first and first.stat().st_mtime_ns == stamp
 
 
+@pytest.mark.parametrize("coupling", ["affine", "spline"])
 @pytest.mark.parametrize("available", [True, False])
 def test_train_says_when_training_takes_the_slower_step(
-    available: bool, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-    tmp_path
+    available: bool, coupling: str, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str], tmp_path
 ) -> None:
     import realnvp.cli
 
@@ -210,9 +211,11 @@ def test_train_says_when_training_takes_the_slower_step(
     monkeypatch.setattr(native, "USE_NATIVE", available)
     torch.set_default_dtype(torch.float32)  # as in a fresh process; conftest restores
     realnvp.cli.main(["train", "--steps", "3", "--layers", "2", "--hidden", "8", "--n-train",
-                      "300", "--no-plots", "--quiet", "--out", str(tmp_path / "run")])
+                      "300", "--coupling", coupling, "--no-plots", "--quiet",
+                      "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert ("slower than the compiled step" in err) is not available
+    assert ("autograd" in err) is (not available and coupling == "spline")
 
 
 def test_spline_couplings_step_aside_to_autograd_without_the_compiled_step(

@@ -79,8 +79,9 @@ static inline float tanh_approx(float x) {
 
 /* log(x) for positive normal x: x = 2^e m with m in [sqrt(1/2), sqrt(2)), log m =
  * 2 atanh(q) with q = (m - 1) / (m + 1), |q| <= 0.172, by its series to q^13 (remainder
- * < 1e-11 relative), plus e ln 2 with ln 2 in two parts. NaN stays NaN (through x - x,
- * which a loop vectorises where it would not a select on x != x). */
+ * < 1e-11 relative), plus e ln 2 with ln 2 in two parts: within 1.9 ulp of float64's
+ * log over [1e-30, 1e30]. NaN stays NaN (through x - x, which a loop vectorises where it
+ * would not a select on x != x). */
 static inline float log_approx(float x) {
     union { float f; int32_t i; } v;
     v.f = x;
