@@ -160,13 +160,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     # 24 couplings x 3000 steps. Depth is what 8gaussians needs: 8 x 64-64 gave 0.067, 16
     # gave 0.041, 24 x 32-32 0.033 (benchmarks/README.md).
     "default": {},
-    # Rational-quadratic spline couplings of 16 bins, 8 x 64-64, 12000 steps of 2048 rows on
-    # 100k toy rows. With the compiled spline step this costs less than the previous 8 bins
-    # x batch 512 through autograd (400-460 s of training on 2 cores) and moves the hard
-    # toys most: checkerboard's KL gap 0.026-0.029 -> 0.010, rings 0.038-0.045 -> 0.011
+    # Rational-quadratic spline couplings, 8 x 64-64, 12000 steps of 2048 rows on 100k toy
+    # rows: with the compiled spline step, 180-280 s of training on one core (two runs side
+    # by side), against 400-460 s on 2 cores for the previous batch of 512 through autograd.
+    # The bigger batch moves the hard toys (KL gap: rings 0.045 -> 0.031, checkerboard 0.026
+    # -> 0.016) and leaves the smooth ones within 0.002; 16 bins went further on those two
+    # (0.011, 0.010) but fell behind the mixture on circles and swissroll
     # (benchmarks/README.md, eighth session). With 20k rows the longer runs overfitted
     # (circles 0.011 after 2000 steps, 0.017 after 12000 at 128-128).
     "accurate": {"coupling": "spline", "layers": 8, "hidden": (64, 64), "steps": 12000,
-                 "batch_size": 2048, "bins": 16, "lr": 3e-3, "clip_grad": 10.0,
-                 "n_train": 100000},
+                 "batch_size": 2048, "lr": 3e-3, "clip_grad": 10.0, "n_train": 100000},
 }
