@@ -138,8 +138,9 @@ def test_replaced_weights_are_followed() -> None:
 
 
 @needs_compiler
-def test_non_finite_input_gives_a_non_finite_loss() -> None:
-    flow = realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,)).float()
+@pytest.mark.parametrize("coupling", ["affine", "spline"])
+def test_non_finite_input_gives_a_non_finite_loss(coupling: str) -> None:
+    flow = realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,), coupling=coupling).float()
     x = torch.randn(10, 2, dtype=torch.float32)
     x[3, 1] = float("nan")
     assert not torch.isfinite(_compiled_step(flow, x))
