@@ -175,7 +175,7 @@ def _train_and_finish(out: Path, flow: Any, data: runs.Data, config: TrainConfig
 def _note_slow_training(flow: Any, device: torch.device) -> None:
     """Say so on stderr when a flow that could take the compiled training step cannot (no C
     compiler, or ``REALNVP_NATIVE=0``): its TorchScript step is 1.5-3.6x slower, autograd
-    (what spline couplings fall back to) about 10x."""
+    (what spline couplings fall back to) 6-10x."""
     from realnvp.bijections import RationalQuadraticCoupling
     from realnvp.training import native
     from realnvp.training.fast import compiled_step_applies
@@ -186,7 +186,7 @@ def _note_slow_training(flow: Any, device: torch.device) -> None:
         why = ("REALNVP_NATIVE=0" if not native.USE_NATIVE
                else "no C compiler (cc/gcc/clang) was found, or it failed")
         spline = any(isinstance(layer, RationalQuadraticCoupling) for layer in flow.bijection)
-        slower = ("autograd, about 10x" if spline else "the TorchScript step, 1.5-3.6x")
+        slower = ("autograd, 6-10x" if spline else "the TorchScript step, 1.5-3.6x")
         click.echo(f"note: {why}: training runs {slower} slower than the compiled step",
                    err=True)
 

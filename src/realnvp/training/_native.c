@@ -239,7 +239,7 @@ static void head_backward(int64_t rows, int64_t o, int64_t i, const float *restr
 #define SPLINE_MIN_SIZE 1e-3f        /* smallest bin, as a fraction of [-B, B] */
 #define SPLINE_MIN_DERIVATIVE 1e-3f  /* smallest interior knot derivative */
 #define SOFTPLUS_OF_ONE 0.5413248546129181f  /* log(e - 1): softplus of it is 1 */
-#define SPLINE_ROWS 24               /* per-row arrays of the scratch */
+#define SPLINE_ROWS 19               /* per-row arrays of the scratch */
 
 /* Floats of scratch spline_block needs for K bins. */
 static int64_t spline_scratch(int64_t K) { return ROW_BLOCK * (9 * (K + 1) + SPLINE_ROWS); }
@@ -301,7 +301,7 @@ static void spline_block(int64_t n, int64_t K, float B, const float *u, int64_t 
             }
     }
     /* Knot derivatives: 1 at both ends, d_min + (1 - d_min) softplus(u + c) inside, with
-     * softplus(z) = max(z, 0) + log(1 + exp(-|z|)); sg keeps d d_i / d u. */
+     * softplus(z) = max(z, 0) + log(1 + exp(-|z|)); for the backward, sg keeps d d_i / d u. */
     for (int64_t r = 0; r < n; r++) {
         dk[r] = 1.0f;
         dk[K * R + r] = 1.0f;
@@ -315,7 +315,8 @@ static void spline_block(int64_t n, int64_t K, float B, const float *u, int64_t 
             const float z = ud[r] + SOFTPLUS_OF_ONE, e = acc[r], inv = 1.0f / (1.0f + e);
             const float softplus = (z > 0.0f ? z : 0.0f) + log_approx(1.0f + e);
             dk[i * R + r] = SPLINE_MIN_DERIVATIVE + (1.0f - SPLINE_MIN_DERIVATIVE) * unit * softplus;
-            sg[i * R + r] = (1.0f - SPLINE_MIN_DERIVATIVE) * unit * (z >= 0.0f ? inv : e * inv);
+            if (gy != NULL)
+                sg[i * R + r] = (1.0f - SPLINE_MIN_DERIVATIVE) * unit * (z >= 0.0f ? inv : e * inv);
         }
     }
     /* The bin of each (clamped) input, the last knot at or below it (at most K - 1), and
@@ -492,31 +493,26 @@ static void affine_backward(int64_t rows, int64_t dim, int64_t d2, const int64_t
 }
 
 /* A spline coupling's transform of features tr, K bins on [-B, B], from the head's
- * output out_t (per feature, its 3K - 1 raw parameters, each a row `rows` long). */
-static void spline_forward(int64_t rows, int64_t dim, int64_t d2, const int64_t *tr, int64_t K,
-                           float B, const float *out_t, const float *x2, float *hn, float *ld,
-                           float *scratch) {
+ * output out_t (per feature, its 3K - 1 raw parameters, each a row `rows` long): with h
+ * NULL, the output into hn and log-dets added to ld; else its backward, as
+ * affine_backward's, from h (d loss / d output) and g_ld into g and hn. */
+static void spline_coupling(int64_t rows, int64_t dim, int64_t d2, const int64_t *tr,
+                            int64_t K, float B, const float *out_t, const float *x2, float *hn,
+                            float *ld, const float *h, float g_ld, float *g, float *scratch) {
     const int64_t P = 3 * K - 1;
     for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
         const int64_t r1 = r0 + ROW_BLOCK < rows ? r0 + ROW_BLOCK : rows;
-        for (int64_t j = 0; j < d2; j++)
-            spline_block(r1 - r0, K, B, out_t + j * P * rows + r0, rows, x2 + r0 * d2 + j, d2,
-                         hn + r0 * dim + tr[j], dim, ld + r0, NULL, 0, 0.0f, NULL, 0, NULL, 0,
-                         scratch);
-    }
-}
-
-/* Its backward, as affine_backward's. */
-static void spline_backward(int64_t rows, int64_t dim, int64_t d2, const int64_t *tr,
-                            int64_t K, float B, const float *out_t, const float *x2,
-                            const float *h, float g_ld, float *g, float *hn, float *scratch) {
-    const int64_t P = 3 * K - 1;
-    for (int64_t r0 = 0; r0 < rows; r0 += ROW_BLOCK) {
-        const int64_t r1 = r0 + ROW_BLOCK < rows ? r0 + ROW_BLOCK : rows;
-        for (int64_t j = 0; j < d2; j++)
-            spline_block(r1 - r0, K, B, out_t + j * P * rows + r0, rows, x2 + r0 * d2 + j, d2,
-                         NULL, 0, NULL, h + r0 * dim + tr[j], dim, g_ld,
-                         g + j * P * rows + r0, rows, hn + r0 * dim + tr[j], dim, scratch);
+        for (int64_t j = 0; j < d2; j++) {
+            const float *u = out_t + j * P * rows + r0, *x = x2 + r0 * d2 + j;
+            float *y = hn + r0 * dim + tr[j];
+            if (h == NULL)
+                spline_block(r1 - r0, K, B, u, rows, x, d2, y, dim, ld + r0, NULL, 0, 0.0f,
+                             NULL, 0, NULL, 0, scratch);
+            else
+                spline_block(r1 - r0, K, B, u, rows, x, d2, NULL, 0, NULL,
+                             h + r0 * dim + tr[j], dim, g_ld, g + j * P * rows + r0, rows, y,
+                             dim, scratch);
+        }
     }
 }
 
@@ -542,19 +538,29 @@ static int64_t widest(const int64_t *meta, int64_t n_layers, const int64_t *widt
     return w;
 }
 
+/* Floats of scratch the splines need: that of the one with most bins (0: none). */
+static int64_t splines_scratch(const int64_t *meta, int64_t n_layers) {
+    int64_t f = 0;
+    for (int64_t l = 0; l < n_layers; l++) {
+        const int64_t *m = meta + META * l;
+        if (m[0] == SPLINE && spline_scratch(m[4]) > f) f = spline_scratch(m[4]);
+    }
+    return f;
+}
+
 /* Floats of workspace rnvp_train_part needs for `rows` rows. */
 int64_t rnvp_work_floats(const int64_t *meta, int64_t n_layers, int64_t dim, int64_t rows,
                          const int64_t *widths) {
     int64_t f = 2 * rows * dim + rows + 2 * rows * widest(meta, n_layers, widths);
-    int64_t wi = 0, spline = 0;
+    f += splines_scratch(meta, n_layers);
+    int64_t wi = 0;
     for (int64_t l = 0; l < n_layers; l++) {
         const int64_t *m = meta + META * l;
         if (m[0] == PERMUTE) continue;
         f += tape_floats(m, widths + 2 * wi, rows);
         wi += m[3];
-        if (m[0] == SPLINE && spline_scratch(m[4]) > spline) spline = spline_scratch(m[4]);
     }
-    return f + spline;
+    return f;
 }
 
 /* Forward and backward of `rows` rows x (rows x dim) of a batch of 1 / inv_batch rows.
@@ -571,11 +577,8 @@ int rnvp_train_part(const int64_t *meta, int64_t n_layers, int64_t dim, int64_t 
     const int threads = blas_threads_local != NULL ? blas_threads_local(1) : 0;
     const int64_t wide = widest(meta, n_layers, widths);
     float *h = work, *hn = work + rows * dim, *ld = hn + rows * dim;
-    int64_t most_bins = 0;
-    for (int64_t l = 0; l < n_layers; l++)
-        if (meta[META * l] == SPLINE && meta[META * l + 4] > most_bins) most_bins = meta[META * l + 4];
     float *ga = ld + rows, *gb = ga + rows * wide, *scratch = gb + rows * wide;
-    float *tape = scratch + (most_bins > 0 ? spline_scratch(most_bins) : 0);
+    float *tape = scratch + splines_scratch(meta, n_layers);
     int64_t *tapes = malloc((size_t)(n_layers > 0 ? n_layers : 1) * sizeof(int64_t));
     if (tapes == NULL) {
         if (blas_threads_local != NULL) blas_threads_local(threads);
@@ -638,7 +641,8 @@ int rnvp_train_part(const int64_t *meta, int64_t n_layers, int64_t dim, int64_t 
             head_forward(rows, widths[2 * (wi + n - 1)], widths[2 * (wi + n - 1) + 1], in,
                          params[pi + 2 * n - 2], params[pi + 2 * n - 1], out_t);
             if (m[0] == SPLINE)
-                spline_forward(rows, dim, d2, tr, m[4], c, out_t, x2, hn, ld, scratch);
+                spline_coupling(rows, dim, d2, tr, m[4], c, out_t, x2, hn, ld, NULL, 0.0f,
+                                NULL, scratch);
             else
                 affine_forward(rows, dim, d2, tr, c, out_t, x2, es, ts, hn, ld);
             used += tape_floats(m, widths + 2 * wi, rows);
@@ -688,8 +692,8 @@ int rnvp_train_part(const int64_t *meta, int64_t n_layers, int64_t dim, int64_t 
             const float *x2 = acts + hidden, *es = x2 + rows * d2, *ts = es + rows * d2;
             float *g = ga, *gn = gb;  /* the head's gradient, transposed like its output */
             if (m[0] == SPLINE)
-                spline_backward(rows, dim, d2, tr, m[4], c, x2 + rows * d2, x2, h, g_ld, g, hn,
-                                scratch);
+                spline_coupling(rows, dim, d2, tr, m[4], c, x2 + rows * d2, x2, hn, NULL, h,
+                                g_ld, g, scratch);
             else
                 affine_backward(rows, dim, d2, tr, c, x2, es, ts, h, g_ld, g, hn);
             /* The linear layers from the head down; layer k's input is a or hidden k - 1. */

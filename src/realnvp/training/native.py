@@ -17,7 +17,7 @@ False, the TorchScript step runs instead: same results up to float32 rounding.
 Only float32 CPU flows of ReLU affine or rational-quadratic spline couplings and
 permutations, with or without a leading standardisation, take this path; the gradients are
 checked against autograd in ``tests/test_native.py``. Spline couplings have no TorchScript
-step: without this one they train through autograd, about 10x slower
+step: without this one they train through autograd, 6-10x slower
 (``benchmarks/step_time.py --coupling spline --compare native``).
 
 For a spline coupling the C step evaluates each transformed feature's spline over a block
