@@ -18,6 +18,7 @@ __version__ = "0.1.0"
 
 from realnvp.flow import ARCHITECTURES, Flow, RealNVP, architecture  # noqa: E402
 from realnvp.io import ModelFileError, load, save  # noqa: E402
+from realnvp.mixture import FlowMixture  # noqa: E402
 from realnvp.training import History, TrainConfig, fit  # noqa: E402
 
 # --- RealNVPDensity (estimator.py): imported on first use, because scikit-learn adds seconds
@@ -37,6 +38,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "ARCHITECTURES",
     "Flow",
+    "FlowMixture",
     "History",
     "ModelFileError",
     "RealNVP",

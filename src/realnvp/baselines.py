@@ -21,6 +21,7 @@ from realnvp.metrics import evaluate_flow, evaluate_scores
 
 if TYPE_CHECKING:
     from realnvp.flow import Flow
+    from realnvp.mixture import FlowMixture
 
 __all__ = [
     "Baseline",
@@ -287,7 +288,7 @@ def fit_kernel_density(
 
 
 def compare(
-    flow: Flow,
+    flow: Flow | FlowMixture,
     train: Any,
     val: Any,
     test: Any,

@@ -18,13 +18,15 @@ import torch
 
 from realnvp import runs
 from realnvp.io import MODEL_FILE, atomic_open, save
+from realnvp.mixture import FlowMixture, as_single_flow
 from realnvp.training import PRESETS, TrainConfig, fit, resolve_device
+from realnvp.training.checkpoint import CHECKPOINT_FILE
 
 __all__ = ["evaluate", "plot", "resolve_config", "sample", "score", "train"]
 
 _FLAG_TO_FIELD = {"steps": "steps", "batch_size": "batch_size", "lr": "lr", "layers": "layers",
                   "hidden": "hidden", "coupling": "coupling", "seed": "seed", "device": "device",
-                  "n_train": "n_train"}
+                  "n_train": "n_train", "ensemble": "ensemble"}
 
 
 def resolve_config(opts: dict[str, Any]) -> tuple[TrainConfig, dict[str, Any]]:
@@ -80,7 +82,7 @@ def train(**opts: Any) -> Path:
 
     check_not_constant(torch.as_tensor(data.x), data.columns)
     flow = runs.build_flow(config, data.x.shape[1])
-    check_representable(torch.as_tensor(data.x), flow.base._anchor.dtype, data.columns)
+    check_representable(torch.as_tensor(data.x), flow._anchor().dtype, data.columns)
     for j in _row_number_columns(data.x):
         click.echo(f"warning: column {data.columns[j]!r} holds the row numbers (an index "
                    "saved with the table?); it is modelled like the others: drop it or pick "
@@ -121,7 +123,8 @@ def _resume(run: Path, opts: dict[str, Any]) -> Path:
     device = resolve_device(opts.get("device") or config.device)
     source = record["data"]
     data = runs.reload_data(source, config)
-    if not (run / "checkpoint.safetensors").is_file():
+    if not any((folder / CHECKPOINT_FILE).is_file()
+               for folder in (run, run / runs.MEMBERS_FOLDER / "0")):
         raise ValueError(f"{run}: no checkpoint to resume from")
     flow = runs.build_flow(config, data.x.shape[1])
     try:
@@ -138,38 +141,66 @@ def _train_and_finish(out: Path, flow: Any, data: runs.Data, config: TrainConfig
     plots = not opts.get("no_plots") and data.x.shape[1] == 2
     callbacks = []
     snapshots = None
+    first = as_single_flow(flow)
     if plots:
         from realnvp.plotting import TrainingSnapshots
 
         snapshots = TrainingSnapshots(data.x[:5000], every=max(1, config.steps // 60),
                                       resolution=80, n_samples=1000, seed=config.seed)
         callbacks.append(snapshots)
-    _note_slow_training(flow, device)
+    _note_slow_training(first, device)
     started = time.perf_counter()
-    history = fit(
-        flow, data.x, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
+    settings = dict(
+        steps=config.steps, batch_size=config.batch_size, lr=config.lr,
         weight_decay=config.weight_decay, warmup=config.warmup, min_lr_ratio=config.min_lr_ratio,
-        clip_grad=config.clip_grad, val_fraction=config.val_fraction,
-        eval_every=config.eval_every, patience=config.patience, seed=config.seed, device=device,
-        progress=None if not opts.get("quiet") else False, callbacks=callbacks,
-        checkpoint_dir=out, checkpoint_every=opts.get("checkpoint_every", 500), resume=resume,
-        columns=data.columns,
+        clip_grad=config.clip_grad, eval_every=config.eval_every, patience=config.patience,
+        device=device, progress=None if not opts.get("quiet") else False,
+        checkpoint_every=opts.get("checkpoint_every", 500), columns=data.columns,
     )
+    if isinstance(flow, FlowMixture):
+        histories = _train_members(out, flow, data, config, settings, callbacks, resume,
+                                   bool(opts.get("quiet")))
+    else:
+        histories = [fit(flow, data.x, val_fraction=config.val_fraction, seed=config.seed,
+                         callbacks=callbacks, checkpoint_dir=out, resume=resume, **settings)]
+    history = histories[0]
     train_seconds = time.perf_counter() - started
     if snapshots is not None and history.records:
-        snapshots.record(int(history.records[-1]["step"]), flow)
+        snapshots.record(int(history.records[-1]["step"]), first)
     flow = flow.cpu().eval()
-    metrics = _final_metrics(flow, data, history, train_seconds)
+    metrics = _final_metrics(flow, data, histories, train_seconds, config)
     # The column names and grids travel in the model file too, for a copy used on its own.
     save(flow, out / MODEL_FILE, extra={
         "columns": list(data.columns),
         **{key: metrics[key] for key in ("dequantized", "dequantized_origin", "dequantized_max")}})
-    runs.write_history(out / runs.METRICS_FILE, history)
+    runs.write_history(out / runs.METRICS_FILE, histories)
     _save_validation_scores(out, flow, data, config)
     runs.write_json(out / "metrics.json", metrics)
     if not opts.get("no_plots"):
         _draw(out, flow, data, history.to_frame(), snapshots, metrics)
     _print_summary(out, metrics)
+
+
+def _train_members(out: Path, mixture: FlowMixture, data: runs.Data, config: TrainConfig,
+                   settings: dict[str, Any], callbacks: list[Any], resume: bool, quiet: bool
+                   ) -> list[Any]:
+    """Fit each member of an ensemble on the same training and validation rows (the split
+    ``realnvp train`` makes for one flow), member k with seed ``seed + k``; member k keeps
+    its checkpoints in ``out/members/k``, and on resume a finished member is not rerun."""
+    from realnvp.training.fit import split
+
+    generator = torch.Generator().manual_seed(int(config.seed))
+    train_rows, val_rows = split(torch.as_tensor(data.x), config.val_fraction, generator)
+    histories = []
+    for k, member in enumerate(mixture.members):
+        folder = out / runs.MEMBERS_FOLDER / str(k)
+        if not quiet:
+            click.echo(f"member {k + 1} of {len(mixture)} (seed {config.seed + k})", err=True)
+        histories.append(fit(
+            member, train_rows, val_data=val_rows, seed=config.seed + k,
+            callbacks=callbacks if k == 0 else [], checkpoint_dir=folder,
+            resume=resume and (folder / CHECKPOINT_FILE).is_file(), **settings))
+    return histories
 
 
 def _note_slow_training(flow: Any, device: torch.device) -> None:
@@ -191,12 +222,15 @@ def _note_slow_training(flow: Any, device: torch.device) -> None:
                    err=True)
 
 
-def _final_metrics(flow: Any, data: runs.Data, history: Any, seconds: float) -> dict[str, Any]:
+def _final_metrics(flow: Any, data: runs.Data, histories: list[Any], seconds: float,
+                   config: TrainConfig) -> dict[str, Any]:
+    history = histories[0]
     metrics: dict[str, Any] = {
         "train_seconds": round(seconds, 2), "steps_run": history.records[-1]["step"]
-        if history.records else 0, "best_step": history.best_step,
+        if history.records else 0, "best_step": min(h.best_step for h in histories),
         "val_nll": history.best_val_nll, "stopped": history.stopped,
-        "skipped_steps": len(history.skipped_steps), "weight_decay": history.weight_decay,
+        "skipped_steps": sum(len(h.skipped_steps) for h in histories),
+        "weight_decay": history.weight_decay,
         "dequantized": {data.columns[j]: h for j, h in history.dequantized.items()},
         # a point of each rounded column's grid, so samples can be put back on it
         "dequantized_origin": {data.columns[j]: float(np.min(data.x[:, j]))
@@ -204,6 +238,18 @@ def _final_metrics(flow: Any, data: runs.Data, history: Any, seconds: float) -> 
         "dequantized_max": {data.columns[j]: float(np.max(data.x[:, j]))
                             for j in history.dequantized},
     }
+    if isinstance(flow, FlowMixture):
+        from realnvp.training.fit import split
+
+        _, val = split(torch.as_tensor(data.x), config.val_fraction,
+                       torch.Generator().manual_seed(int(config.seed)))
+        if val is not None:
+            with torch.inference_mode():
+                metrics["val_nll"] = -float(flow.log_prob(runs.as_tensor(val.numpy(), flow))
+                                            .double().mean())
+        metrics["members"] = [
+            {"seed": config.seed + k, "val_nll": h.best_val_nll, "best_step": h.best_step,
+             "stopped": h.stopped} for k, h in enumerate(histories)]
     test = runs.toy_test_data(data)
     if test is not None:
         from realnvp import metrics as m
@@ -248,8 +294,14 @@ def _draw(out: Path, flow: Any, data: runs.Data, history: Any, snapshots: Any,
 
 
 def _print_summary(out: Path, metrics: dict[str, Any]) -> None:
-    lines = [f"trained in {metrics['train_seconds']:.1f} s ({metrics['stopped']})",
-             f"validation NLL {metrics['val_nll']:.4f} nats (best at step {metrics['best_step']})"]
+    lines = [f"trained in {metrics['train_seconds']:.1f} s ({metrics['stopped']})"]
+    if metrics.get("members"):
+        each = ", ".join(f"{m['val_nll']:.4f}" for m in metrics["members"])
+        lines.append(f"validation NLL {metrics['val_nll']:.4f} nats: the mixture of "
+                     f"{len(metrics['members'])} flows (each: {each})")
+    else:
+        lines.append(f"validation NLL {metrics['val_nll']:.4f} nats (best at step "
+                     f"{metrics['best_step']})")
     if "kl_gap" in metrics:
         lines.append(f"test NLL {metrics['test_nll']:.4f} ± {metrics['test_nll_stderr']:.4f}; "
                      f"true entropy {metrics['true_entropy']:.4f}; KL gap "

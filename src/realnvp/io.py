@@ -17,6 +17,7 @@ from safetensors.torch import save as st_save
 
 from realnvp import __version__
 from realnvp.flow import ARCHITECTURES, Flow
+from realnvp.mixture import FlowMixture
 
 __all__ = [
     "MODEL_FILE",
@@ -99,9 +100,14 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def to_bytes(flow: Flow, extra: dict[str, Any] | None = None) -> bytes:
-    """Serialise ``flow`` (weights, buffers, config) to safetensors bytes."""
-    if flow.spec is None or flow.spec.get("architecture") not in ARCHITECTURES:
+def to_bytes(flow: Flow | FlowMixture, extra: dict[str, Any] | None = None) -> bytes:
+    """Serialise ``flow`` (weights, buffers, config) to safetensors bytes.
+
+    A :class:`~realnvp.mixture.FlowMixture` is stored as its members' configs, under
+    ``"mixture"``, and their weights, under ``members.<k>.``.
+    """
+    members = list(flow.members) if isinstance(flow, FlowMixture) else [flow]
+    if any(m.spec is None or m.spec.get("architecture") not in ARCHITECTURES for m in members):
         raise ValueError(
             "Expected a flow built by a registered architecture (e.g. realnvp.RealNVP); "
             "got a hand-assembled Flow, which cannot be rebuilt from a config"
@@ -116,8 +122,8 @@ def to_bytes(flow: Flow, extra: dict[str, Any] | None = None) -> bytes:
     return st_save(state, metadata=metadata)
 
 
-def save(flow: Flow | Any, path: str | os.PathLike[str], extra: dict[str, Any] | None = None
-         ) -> Path:
+def save(flow: Flow | FlowMixture | Any, path: str | os.PathLike[str],
+         extra: dict[str, Any] | None = None) -> Path:
     """Save ``flow`` to one safetensors file, atomically; returns the path written.
 
     ``path`` may be a file (``.safetensors`` is appended when it has no suffix) or an
@@ -136,7 +142,7 @@ def save(flow: Flow | Any, path: str | os.PathLike[str], extra: dict[str, Any] |
         2
     """
     # --- RealNVPDensity (estimator.py): save its flow_, its own state in ``extra`` ---
-    if not isinstance(flow, Flow) and hasattr(flow, "_realnvp_extra"):
+    if not isinstance(flow, (Flow, FlowMixture)) and hasattr(flow, "_realnvp_extra"):
         extra = {**flow._realnvp_extra(), **(extra or {})}
         flow = flow.flow_
     # --- end RealNVPDensity ---
@@ -168,8 +174,11 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Flow:
-    """Load a flow saved by :func:`save` (a file, or a run folder written by ``realnvp train``).
+def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
+         ) -> Flow | FlowMixture:
+    """Load a flow saved by :func:`save` (a file, or a run folder written by ``realnvp train``);
+    a mixture of flows (``realnvp train --ensemble K``) loads as a
+    :class:`~realnvp.mixture.FlowMixture`.
 
     Only safetensors files are read: a pickle or ``torch.save`` file is refused, and no
     code from the file ever runs. Any problem raises :class:`ModelFileError` naming the file.
@@ -180,7 +189,7 @@ def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu")
 
 def load_with_extra(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
-) -> tuple[Flow, dict[str, Any]]:
+) -> tuple[Flow | FlowMixture, dict[str, Any]]:
     """Like :func:`load`, also returning the ``extra`` metadata saved with the flow."""
     p = resolve_model_path(path)
     try:
@@ -191,7 +200,7 @@ def load_with_extra(
     return flow.to(map_location), extra
 
 
-def from_bytes(data: bytes, name: str = "<bytes>") -> tuple[Flow, dict[str, Any]]:
+def from_bytes(data: bytes, name: str = "<bytes>") -> tuple[Flow | FlowMixture, dict[str, Any]]:
     """Rebuild a flow from bytes written by :func:`to_bytes`."""
     if not data:
         raise ModelFileError(f"{name}: empty file, not a realnvp model")
@@ -219,6 +228,28 @@ def from_bytes(data: bytes, name: str = "<bytes>") -> tuple[Flow, dict[str, Any]
         raise ModelFileError(f"{name}: corrupt config ({e})") from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
         raise ModelFileError(f"{name}: not a realnvp model (format {config.get('format')!r})")
+    dtype = _DTYPES.get(config.get("dtype", "float32"), torch.float32)
+    specs = config.get("mixture")
+    if specs is None:
+        flow: Flow | FlowMixture = _build(config, state, name, dtype)
+    else:
+        if not isinstance(specs, list) or not specs or not all(isinstance(s, dict) for s in specs):
+            raise ModelFileError(f"{name}: corrupt mixture config (expected a list of flows)")
+        known = {f"members.{k}." for k in range(len(specs))}
+        stray = [key for key in state if key[: key.find(".", 8) + 1] not in known]
+        if stray:
+            raise ModelFileError(f"{name}: weights do not match the config (unexpected {stray[0]})")
+        flow = FlowMixture([
+            _build(spec, {key[len(f"members.{k}."):]: v for key, v in state.items()
+                          if key.startswith(f"members.{k}.")}, name, dtype)
+            for k, spec in enumerate(specs)])
+    flow.eval()
+    return flow, extra if isinstance(extra, dict) else {}
+
+
+def _build(config: dict[str, Any], state: dict[str, torch.Tensor], name: str,
+           dtype: torch.dtype) -> Flow:
+    """The flow a (member's) config describes, with ``state`` loaded and checked finite."""
     arch, kwargs = config.get("architecture"), config.get("kwargs")
     if arch not in ARCHITECTURES or not isinstance(kwargs, dict):
         raise ModelFileError(f"{name}: unknown architecture {arch!r}")
@@ -227,7 +258,7 @@ def from_bytes(data: bytes, name: str = "<bytes>") -> tuple[Flow, dict[str, Any]
         flow = ARCHITECTURES[arch](**kwargs)
     except (TypeError, ValueError, RuntimeError, MemoryError, OverflowError) as e:
         raise ModelFileError(f"{name}: config does not build a flow ({e})") from None
-    flow = flow.to(_DTYPES.get(config.get("dtype", "float32"), torch.float32))
+    flow = flow.to(dtype)
     try:
         flow.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -237,8 +268,7 @@ def from_bytes(data: bytes, name: str = "<bytes>") -> tuple[Flow, dict[str, Any]
     for key, value in flow.state_dict().items():
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise ModelFileError(f"{name}: non-finite values in {key}")
-    flow.eval()
-    return flow, extra if isinstance(extra, dict) else {}
+    return flow
 
 
 def _check_sizes(kwargs: dict[str, Any], state: dict[str, torch.Tensor], name: str) -> None:

@@ -13,6 +13,7 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from realnvp.flow import Flow
+    from realnvp.mixture import FlowMixture
 
 __all__ = [
     "DEFAULT_ALPHAS",
@@ -343,7 +344,7 @@ def evaluate_scores(
 
 
 def evaluate_flow(
-    flow: Flow,
+    flow: Flow | FlowMixture,
     test: Any,
     true_log_prob: Callable[[Tensor], Any] | Any = None,
     n_samples: int = 20000,
@@ -357,7 +358,7 @@ def evaluate_flow(
     so the result is reproducible. See :func:`evaluate_scores` for the returned dict.
 
     Args:
-        flow: an unconditional :class:`realnvp.Flow`.
+        flow: an unconditional :class:`realnvp.Flow` or :class:`realnvp.FlowMixture`.
         test: test points, shape ``(n, flow.dim)``; numpy or torch.
         true_log_prob: the true log-density, if known: a callable given the test set as a
             float64 tensor (numpy/scipy functions accept it too), or an array of its
@@ -397,7 +398,7 @@ def evaluate_flow(
     return evaluate_scores(points, log_q_test, samples, log_q_samples, log_p_test, seed)
 
 
-def _flow_log_prob(flow: Flow, points: np.ndarray) -> np.ndarray:
+def _flow_log_prob(flow: Flow | FlowMixture, points: np.ndarray) -> np.ndarray:
     parts = []
     with torch.inference_mode():
         for start in range(0, points.shape[0], _CHUNK_ROWS):
@@ -406,7 +407,7 @@ def _flow_log_prob(flow: Flow, points: np.ndarray) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def _flow_samples(flow: Flow, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _flow_samples(flow: Flow | FlowMixture, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     generator = torch.Generator().manual_seed(seed)
     xs, log_qs = [], []
     with torch.inference_mode():

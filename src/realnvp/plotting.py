@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from realnvp._validation import as_float_tensor
 from realnvp.flow import Flow
 from realnvp.io import atomic_write_bytes
+from realnvp.mixture import FlowMixture, as_single_flow
 
 __all__ = [
     "Snapshot",
@@ -78,9 +79,10 @@ def _evaluating(flow: nn.Module) -> Iterator[None]:
             module.training = mode
 
 
-def _check_flow(flow: Any, two_d: bool = False) -> Flow:
-    if not isinstance(flow, Flow):
-        raise TypeError(f"Expected a realnvp.Flow; got {type(flow).__name__}")
+def _check_flow(flow: Any, two_d: bool = False, mixture: bool = False) -> Flow:
+    if not isinstance(flow, (Flow, FlowMixture) if mixture else Flow):
+        kinds = "realnvp.Flow or FlowMixture" if mixture else "realnvp.Flow"
+        raise TypeError(f"Expected a {kinds}; got {type(flow).__name__}")
     if flow.context_features:
         raise ValueError(
             f"Expected an unconditional flow; got one with {flow.context_features} context features"
@@ -239,8 +241,8 @@ def _density_image(ax: Axes, log_p: np.ndarray, bounds: Bounds,
                      vmax=vmax, interpolation="bilinear")
 
 
-def _dtype_device(flow: Flow) -> tuple[torch.dtype, torch.device]:
-    anchor = flow.base._anchor
+def _dtype_device(flow: Flow | FlowMixture) -> tuple[torch.dtype, torch.device]:
+    anchor = flow._anchor()
     return anchor.dtype, anchor.device
 
 
@@ -358,7 +360,8 @@ def _pair_panel(ax: Axes, x: np.ndarray, s: np.ndarray | None, colors: Any,
     ax.tick_params(labelsize=7)
 
 
-def plot_density(flow: Flow | LogProb, data: Any = None, bounds: Bounds | None = None,
+def plot_density(flow: Flow | FlowMixture | LogProb, data: Any = None,
+                 bounds: Bounds | None = None,
                  resolution: int = 200, ax: Axes | None = None,
                  title: str | None = None) -> Axes:
     """Heatmap of ``log p(x)`` on a grid, with the data scattered on top.
@@ -375,15 +378,17 @@ def plot_density(flow: Flow | LogProb, data: Any = None, bounds: Bounds | None =
         'Model log-density'
     """
     x = None if data is None else _points(data, 2)
-    if isinstance(flow, Flow):
-        _check_flow(flow, two_d=True)
+    if isinstance(flow, (Flow, FlowMixture)):
+        _check_flow(flow, two_d=True, mixture=True)
         dtype, device = _dtype_device(flow)
         with _evaluating(flow):
             if bounds is None and x is None:
-                bounds = _bounds(_numpy(flow.inverse(_base_samples(flow, 2000, 0))[0]))
+                bounds = _bounds(_numpy(flow.sample(2000, generator=torch.Generator()
+                                                    .manual_seed(0))))
             log_p = _log_density_grid(flow.log_prob, bounds or _bounds(x), resolution, dtype,
                                       device)
-        title = title or "Model log-density"
+        title = title or ("Model log-density" if isinstance(flow, Flow) else
+                          f"Model log-density: mixture of {len(flow)} flows")
     else:
         if bounds is None and x is None:
             raise ValueError("Expected data or bounds to place the grid of a log-density function")
@@ -487,7 +492,7 @@ def _latent_panel(ax: Axes, z: np.ndarray, labels: np.ndarray | None) -> None:
 
 
 def plot_layers(flow: Flow, data: Any, labels: Any = None, grid: bool = True,
-                max_points: int = 2000, n_lines: int = 15) -> Figure:
+                max_points: int = 2000, n_lines: int = 15, note: str | None = None) -> Figure:
     """How the flow maps data to latent, layer by layer: one panel per stage.
 
     Panels show the input, the points after each layer (named by ``flow.layer_names()``)
@@ -495,7 +500,8 @@ def plot_layers(flow: Flow, data: Any, labels: Any = None, grid: bool = True,
     regular grid laid over the data is pushed through the same layers, so one sees each
     coupling bend the plane: a coupling moves points along one axis by an amount that
     depends on the other, so straight lines become curves. Each panel has its own scale.
-    For more than two features, the first two are drawn, without grid.
+    For more than two features, the first two are drawn, without grid. ``note`` adds a
+    line under the title.
 
     Example:
         >>> import realnvp
@@ -516,6 +522,8 @@ def plot_layers(flow: Flow, data: Any, labels: Any = None, grid: bool = True,
     suptitle = "Data → latent, layer by layer"
     if flow.dim > 2:
         suptitle += f"\n(first 2 of {flow.dim} features; grids are drawn for 2-D data only)"
+    if note:
+        suptitle += f"\n({note})"
     names = ["x"] + ["h"] * (len(stages) - 2) + ["z"]
     return _plot_stages(stages, grids, titles, names, colors, handles, suptitle)
 
@@ -671,7 +679,10 @@ def _history_frame(history: Any) -> pd.DataFrame:
         raise ValueError(f"Expected history columns step and train_nll; missing {missing}")
     if df.empty:
         raise ValueError("Expected at least one history record; got none")
-    return df.apply(pd.to_numeric, errors="coerce").sort_values("step")
+    df = df.apply(pd.to_numeric, errors="coerce")
+    if "member" in df:  # an ensemble's metrics.csv: its first member's curve
+        df = df[df["member"] == df["member"].min()]
+    return df.sort_values("step")
 
 
 def _plot_nll(ax: Axes, step: np.ndarray, train: np.ndarray, df: pd.DataFrame) -> list[Any]:
@@ -861,6 +872,14 @@ def _encode_gif(images: Sequence[Image.Image], fps: int) -> bytes:
 # ----------------------------------------------------------------------------- all at once
 
 
+def _noted(fig: Figure, note: str | None) -> Figure:
+    """``fig`` with a line ``(note)`` under its title, if any note."""
+    if note:
+        title = fig.get_suptitle()
+        fig.suptitle(f"{title}\n({note})" if title else f"({note})")
+    return fig
+
+
 def _save_png(fig: Figure, path: Path) -> Path:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=DPI)
@@ -869,7 +888,7 @@ def _save_png(fig: Figure, path: Path) -> Path:
     return path
 
 
-def save_all_plots(run_dir: str | Path, flow: Flow, data: Any, labels: Any = None,
+def save_all_plots(run_dir: str | Path, flow: Flow | FlowMixture, data: Any, labels: Any = None,
                    history: Any = None, snapshots: TrainingSnapshots | None = None,
                    true_log_prob: LogProb | None = None, n_samples: int = 2000,
                    seed: int = 0) -> dict[str, Path]:
@@ -881,9 +900,13 @@ def save_all_plots(run_dir: str | Path, flow: Flow, data: Any, labels: Any = Non
     ``training`` (``training.gif``, with recorded ``snapshots``). For more than two
     features the pictures are pair plots of the first few features and the layer view shows
     the first two without grid: density maps and grids are drawn for 2-D data only. Each
-    file is written atomically.
+    file is written atomically. For a :class:`~realnvp.mixture.FlowMixture` the density
+    and samples are the mixture's, the latent and layer views its first member's.
     """
-    _check_flow(flow)
+    _check_flow(flow, mixture=True)
+    single = as_single_flow(flow)
+    member = (f"member 1 of the mixture of {len(flow)} flows"
+              if isinstance(flow, FlowMixture) else None)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     x = _points(data, flow.dim)
@@ -897,8 +920,8 @@ def save_all_plots(run_dir: str | Path, flow: Flow, data: Any, labels: Any = Non
         "density": lambda: plot_density(flow, x, _bounds(x)).figure,
         "true_density": lambda: plot_density(true_log_prob, x, _bounds(x),  # type: ignore[arg-type]
                                              title="True log-density").figure,
-        "latent": lambda: plot_latent(flow, x, lab, n_samples, seed),
-        "layers": lambda: plot_layers(flow, x, lab),
+        "latent": lambda: _noted(plot_latent(single, x, lab, n_samples, seed), member),
+        "layers": lambda: plot_layers(single, x, lab, note=member),
         "training_curve": lambda: plot_training_curve(history).figure,
     }
     wanted = {"density": flow.dim == 2, "true_density": flow.dim == 2 and true_log_prob is not None,

@@ -14,13 +14,15 @@ import torch
 
 from realnvp.flow import Flow, RealNVP
 from realnvp.io import atomic_open, atomic_write_bytes, load
+from realnvp.mixture import FlowMixture
 from realnvp.training import History, TrainConfig
 
-__all__ = ["CONFIG_FILE", "Data", "build_flow", "load_data", "prepare_run_dir", "read_config",
-           "reload_data",
-           "toy_test_data", "write_history", "write_json"]
+__all__ = ["CONFIG_FILE", "MEMBERS_FOLDER", "Data", "build_flow", "load_data", "prepare_run_dir",
+           "read_config", "reload_data", "toy_test_data", "write_history", "write_json"]
 
 CONFIG_FILE = "config.json"
+MEMBERS_FOLDER = "members"
+"""Where an ensemble run keeps each member's checkpoints: ``members/<k>/``."""
 METRICS_FILE = "metrics.csv"
 
 
@@ -89,14 +91,16 @@ def toy_test_data(data: Data, n: int = 20000) -> tuple[np.ndarray, np.ndarray] |
     return x.numpy(), toy.log_prob(x).numpy()
 
 
-def build_flow(config: TrainConfig, dim: int) -> Flow:
-    """The flow a config describes, for ``dim`` features."""
-    return RealNVP(
+def build_flow(config: TrainConfig, dim: int) -> Flow | FlowMixture:
+    """The flow a config describes, for ``dim`` features: with ``ensemble`` K > 1, a
+    mixture of K such flows seeded ``seed``, ``seed + 1``, ..."""
+    members = [RealNVP(
         dim=dim, n_layers=config.layers, hidden=tuple(config.hidden), coupling=config.coupling,
         activation=config.activation, scale_bound=config.scale_bound,
-        permutation=config.permutation, actnorm=config.actnorm, seed=config.seed,
+        permutation=config.permutation, actnorm=config.actnorm, seed=config.seed + k,
         bins=config.bins, spline_bound=config.spline_bound,
-    )
+    ) for k in range(config.ensemble)]
+    return members[0] if config.ensemble == 1 else FlowMixture(members)
 
 
 def prepare_run_dir(out: Path, force: bool, data_file: Path | None = None) -> Path:
@@ -154,13 +158,17 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def write_history(path: Path, history: History) -> None:
-    """``metrics.csv``: step, train NLL, validation NLL, learning rate, elapsed seconds."""
+def write_history(path: Path, history: History | list[History]) -> None:
+    """``metrics.csv``: step, train NLL, validation NLL, learning rate, elapsed seconds; for
+    an ensemble's list of histories, a ``member`` column first (0, 1, ...)."""
+    histories = history if isinstance(history, list) else [history]
+    several = len(histories) > 1
     with atomic_open(path, "w", newline="") as f:
-        f.write("step,train_nll,val_nll,lr,seconds\n")
-        for r in history.records:
-            f.write(f"{r['step']},{r['train_nll']:.6f},{r['val_nll']:.6f},{r['lr']:.6g},"
-                    f"{r['seconds']:.3f}\n")
+        f.write(("member," if several else "") + "step,train_nll,val_nll,lr,seconds\n")
+        for k, h in enumerate(histories):
+            for r in h.records:
+                f.write((f"{k}," if several else "") + f"{r['step']},{r['train_nll']:.6f},"
+                        f"{r['val_nll']:.6f},{r['lr']:.6g},{r['seconds']:.3f}\n")
 
 
 def read_config(run: Path) -> dict[str, Any]:
@@ -183,7 +191,7 @@ def read_config(run: Path) -> dict[str, Any]:
     return record
 
 
-def load_run(run: Path) -> tuple[Flow, dict[str, Any]]:
+def load_run(run: Path) -> tuple[Flow | FlowMixture, dict[str, Any]]:
     """The trained flow of a run folder and its config."""
     config = read_config(run)
     return load(run), config  # the final model, or the latest checkpoint of an unfinished run
@@ -197,7 +205,7 @@ def read_history(run: Path) -> Any:
     return pd.read_csv(path) if path.is_file() else None
 
 
-def as_tensor(x: np.ndarray, flow: Flow) -> torch.Tensor:
+def as_tensor(x: np.ndarray, flow: Flow | FlowMixture) -> torch.Tensor:
     """Rows as a tensor in the flow's dtype and device."""
-    anchor = flow.base._anchor
+    anchor = flow._anchor()
     return torch.as_tensor(x).to(device=anchor.device, dtype=anchor.dtype)

@@ -34,6 +34,8 @@ class TrainConfig:
     bins: int = _doc(8, "Bins of each spline (coupling=spline).")
     spline_bound: float = _doc(5.0, "Splines act on [-B, B] in standardised units, identity "
                                "outside (coupling=spline).")
+    ensemble: int = _doc(1, "Train this many flows (seeds seed, seed+1, ...) on the same rows "
+                         "and keep their equal-weight mixture.")
     # Optimisation
     steps: int = _doc(4500, "Number of optimisation steps (upper bound with early stopping).")
     batch_size: int = _doc(512, "Rows per step.")
@@ -80,7 +82,7 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the first invalid field."""
-        positive = ("layers", "steps", "batch_size", "eval_every", "n_train")
+        positive = ("layers", "steps", "batch_size", "eval_every", "n_train", "ensemble")
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"Expected {name} >= 1; got {getattr(self, name)}")
