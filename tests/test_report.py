@@ -80,3 +80,14 @@ def test_report_resolves_relative_paths_and_rejects_missing_images(tmp_path, ima
     (tmp_path / "notes.txt").write_text("hi")
     with pytest.raises(ValueError, match="Expected an image file"):
         write_report(tmp_path, {"notes": "notes.txt"}, None, {})
+
+
+def test_summary_line_of_a_run_config(tmp_path):
+    """A run's config.json nests the options under "config" and the data under "data"; the
+    resolved device at the top wins over the option's "auto"."""
+    record = {"config": {"layers": 8, "coupling": "spline", "ensemble": 2, "device": "auto"},
+              "data": {"kind": "toy", "name": "checkerboard", "n": 100},
+              "preset": "accurate", "device": "cpu"}
+    text = write_report(tmp_path, {}, {"val_nll": 1.0}, record).read_text()
+    assert ("data checkerboard, preset accurate, layers 8, coupling spline, ensemble 2, "
+            "device cpu.") in text

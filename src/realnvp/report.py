@@ -140,13 +140,20 @@ def _now() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-_SUMMARY_KEYS = ("data", "dataset", "layers", "n_layers", "hidden", "coupling", "steps",
-                 "batch_size", "lr", "device", "seed")
+_SUMMARY_KEYS = ("data", "dataset", "preset", "layers", "n_layers", "hidden", "coupling",
+                 "ensemble", "steps", "batch_size", "lr", "device", "seed")
 
 
 def _summary(config: Mapping[str, Any]) -> str:
-    """One line saying what was trained, from the config keys it recognises."""
-    found = [f"{key} {_format(config[key])}" for key in _SUMMARY_KEYS if key in config]
+    """One line saying what was trained, from the config keys it recognises (a run's
+    ``config.json`` nests the training options under ``config``, the data under ``data``)."""
+    nested = config.get("config")
+    config = {**(nested if isinstance(nested, Mapping) else {}), **config}
+    data = config.get("data")
+    if isinstance(data, Mapping):
+        config["data"] = data.get("name") or data.get("path") or "?"
+    found = [f"{key} {_format(config[key])}" for key in _SUMMARY_KEYS
+             if config.get(key) is not None]
     return "A RealNVP normalizing flow" + (": " + ", ".join(found) if found else "") + "."
 
 
