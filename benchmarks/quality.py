@@ -55,8 +55,9 @@ import torch  # noqa: E402
 from realnvp import metrics  # noqa: E402
 from realnvp.baselines import fit_gaussian_mixture, fit_kernel_density  # noqa: E402
 from realnvp.datasets import TOYS, get_toy  # noqa: E402
+from realnvp.mixture import FlowMixture  # noqa: E402
 from realnvp.runs import build_flow  # noqa: E402
-from realnvp.training import PRESETS, TrainConfig, fit  # noqa: E402
+from realnvp.training import PRESETS, TrainConfig, fit, fit_ensemble  # noqa: E402
 from realnvp.training.fit import split  # noqa: E402
 
 __all__ = ["FLOW_MODELS", "BASELINES", "Settings", "main"]
@@ -107,15 +108,17 @@ def fit_flow(config: TrainConfig, rows: np.ndarray) -> tuple[Any, dict[str, Any]
     """Build and train the flow ``config`` describes, as ``realnvp train`` does."""
     flow = build_flow(config, rows.shape[1])
     wall, cpu = time.perf_counter(), time.process_time()
-    history = fit(
+    train = fit_ensemble if isinstance(flow, FlowMixture) else fit
+    history = train(
         flow, rows, steps=config.steps, batch_size=config.batch_size, lr=config.lr,
         weight_decay=config.weight_decay, warmup=config.warmup,
         min_lr_ratio=config.min_lr_ratio, clip_grad=config.clip_grad,
         val_fraction=config.val_fraction, eval_every=config.eval_every,
         patience=config.patience, seed=config.seed, device=config.device, progress=False,
     )
+    histories = history if isinstance(history, list) else [history]
     info = {"fit_seconds": time.perf_counter() - wall, "fit_cpu_seconds": time.process_time() - cpu,
-            "best_step": history.best_step, "stopped": history.stopped}
+            "best_step": min(h.best_step for h in histories), "stopped": histories[0].stopped}
     return flow.to("cpu").eval(), info
 
 

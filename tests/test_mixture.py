@@ -170,3 +170,20 @@ def test_bad_ensemble_size_is_a_clear_error(tmp_path: Path, capsys: pytest.Captu
     assert info.value.code == 2
     assert "Expected ensemble >= 1; got 0" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_fit_ensemble_trains_every_member_on_the_same_split(generator: torch.Generator) -> None:
+    from realnvp.training import fit_ensemble, mean_nll
+    from realnvp.training.fit import split
+
+    x = torch.randn(300, 2, generator=generator) * torch.tensor([2.0, 0.5])
+    mix = FlowMixture([realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,), seed=k)
+                       for k in range(2)])
+    histories = fit_ensemble(mix, x, steps=30, eval_every=10, seed=4, progress=False)
+    assert len(histories) == 2
+    _, val = split(x, 0.1, torch.Generator().manual_seed(4))
+    for member, history in zip(mix.members, histories, strict=True):
+        # each member's kept weights score the one shared validation split as recorded
+        assert mean_nll(member, val) == pytest.approx(history.best_val_nll, rel=1e-10)
+    with pytest.raises(TypeError, match="FlowMixture"):
+        fit_ensemble(mix.members[0], x, steps=1)  # type: ignore[arg-type]

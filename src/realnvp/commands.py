@@ -19,8 +19,9 @@ import torch
 from realnvp import runs
 from realnvp.io import MODEL_FILE, atomic_open, save
 from realnvp.mixture import FlowMixture, as_single_flow
-from realnvp.training import PRESETS, TrainConfig, fit, resolve_device
+from realnvp.training import PRESETS, TrainConfig, fit, fit_ensemble, resolve_device
 from realnvp.training.checkpoint import CHECKPOINT_FILE
+from realnvp.training.ensemble import MEMBERS_FOLDER
 
 __all__ = ["evaluate", "plot", "resolve_config", "sample", "score", "train"]
 
@@ -124,7 +125,7 @@ def _resume(run: Path, opts: dict[str, Any]) -> Path:
     source = record["data"]
     data = runs.reload_data(source, config)
     if not any((folder / CHECKPOINT_FILE).is_file()
-               for folder in (run, run / runs.MEMBERS_FOLDER / "0")):
+               for folder in (run, run / MEMBERS_FOLDER / "0")):
         raise ValueError(f"{run}: no checkpoint to resume from")
     flow = runs.build_flow(config, data.x.shape[1])
     try:
@@ -157,12 +158,10 @@ def _train_and_finish(out: Path, flow: Any, data: runs.Data, config: TrainConfig
         device=device, progress=None if not opts.get("quiet") else False,
         checkpoint_every=opts.get("checkpoint_every", 500), columns=data.columns,
     )
-    if isinstance(flow, FlowMixture):
-        histories = _train_members(out, flow, data, config, settings, callbacks, resume,
-                                   bool(opts.get("quiet")))
-    else:
-        histories = [fit(flow, data.x, val_fraction=config.val_fraction, seed=config.seed,
-                         callbacks=callbacks, checkpoint_dir=out, resume=resume, **settings)]
+    train = fit_ensemble if isinstance(flow, FlowMixture) else fit
+    histories = train(flow, data.x, val_fraction=config.val_fraction, seed=config.seed,
+                      callbacks=callbacks, checkpoint_dir=out, resume=resume, **settings)
+    histories = histories if isinstance(histories, list) else [histories]
     history = histories[0]
     train_seconds = time.perf_counter() - started
     if snapshots is not None and history.records:
@@ -179,28 +178,6 @@ def _train_and_finish(out: Path, flow: Any, data: runs.Data, config: TrainConfig
     if not opts.get("no_plots"):
         _draw(out, flow, data, history.to_frame(), snapshots, metrics)
     _print_summary(out, metrics)
-
-
-def _train_members(out: Path, mixture: FlowMixture, data: runs.Data, config: TrainConfig,
-                   settings: dict[str, Any], callbacks: list[Any], resume: bool, quiet: bool
-                   ) -> list[Any]:
-    """Fit each member of an ensemble on the same training and validation rows (the split
-    ``realnvp train`` makes for one flow), member k with seed ``seed + k``; member k keeps
-    its checkpoints in ``out/members/k``, and on resume a finished member is not rerun."""
-    from realnvp.training.fit import split
-
-    generator = torch.Generator().manual_seed(int(config.seed))
-    train_rows, val_rows = split(torch.as_tensor(data.x), config.val_fraction, generator)
-    histories = []
-    for k, member in enumerate(mixture.members):
-        folder = out / runs.MEMBERS_FOLDER / str(k)
-        if not quiet:
-            click.echo(f"member {k + 1} of {len(mixture)} (seed {config.seed + k})", err=True)
-        histories.append(fit(
-            member, train_rows, val_data=val_rows, seed=config.seed + k,
-            callbacks=callbacks if k == 0 else [], checkpoint_dir=folder,
-            resume=resume and (folder / CHECKPOINT_FILE).is_file(), **settings))
-    return histories
 
 
 def _note_slow_training(flow: Any, device: torch.device) -> None:

@@ -17,12 +17,10 @@ from realnvp.io import atomic_open, atomic_write_bytes, load
 from realnvp.mixture import FlowMixture
 from realnvp.training import History, TrainConfig
 
-__all__ = ["CONFIG_FILE", "MEMBERS_FOLDER", "Data", "build_flow", "load_data", "prepare_run_dir",
+__all__ = ["CONFIG_FILE", "Data", "build_flow", "load_data", "prepare_run_dir",
            "read_config", "reload_data", "toy_test_data", "write_history", "write_json"]
 
 CONFIG_FILE = "config.json"
-MEMBERS_FOLDER = "members"
-"""Where an ensemble run keeps each member's checkpoints: ``members/<k>/``."""
 METRICS_FILE = "metrics.csv"
 
 

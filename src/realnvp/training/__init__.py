@@ -1,6 +1,7 @@
 """Training: configuration, the fit loop, checkpoints."""
 
 from realnvp.training.config import PRESETS, TrainConfig
+from realnvp.training.ensemble import fit_ensemble
 from realnvp.training.fit import (
     History,
     NonFiniteLossError,
@@ -12,4 +13,4 @@ from realnvp.training.fit import (
 )
 
 __all__ = ["PRESETS", "History", "NonFiniteLossError", "TrainConfig", "TrainStep", "fit",
-           "make_train_step", "mean_nll", "resolve_device"]
+           "fit_ensemble", "make_train_step", "mean_nll", "resolve_device"]
