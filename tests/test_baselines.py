@@ -279,3 +279,19 @@ def test_evaluate_fits_baselines_with_the_flows_dequantization_noise(
     # Poisson(0.3) x Poisson(4) has entropy of about 2.6 nats: no model spread over whole
     # unit cells scores far below that; the raw-fitted mixture's spikes score below -5.
     assert mixture["test_nll"] > 1.0
+
+
+def test_gaussian_mixture_fits_on_at_most_max_train_rows() -> None:
+    rng = np.random.default_rng(0)
+    centres = np.array([[-6, -6], [-6, 6], [6, -6], [6, 6], [0, 0], [0, 9]], dtype=float)
+    data = centres[rng.integers(0, 6, 2000)] + rng.normal(size=(2000, 2))
+    train, val = data[:1500], data[1500:]
+    full = baselines.fit_gaussian_mixture(train, val, max_components=8)
+    assert full.name == "GaussianMixture(k=6)"
+    same = baselines.fit_gaussian_mixture(train, val, max_components=8, max_train=1500)
+    assert np.array_equal(same.score_samples(val), full.score_samples(val))
+    # 45 rows allow 45 // (5 * 3) = 3 components at most, whatever the data holds
+    small = baselines.fit_gaussian_mixture(train, val, max_components=8, max_train=45)
+    assert max(small.validation_log_likelihood) == 3
+    with pytest.raises(ValueError, match="max_train >= 1"):
+        baselines.fit_gaussian_mixture(train, val, max_train=0)

@@ -177,6 +177,7 @@ def fit_gaussian_mixture(
     max_components: int = 20,
     covariance_type: str = "full",
     seed: int = 0,
+    max_train: int = 200_000,
 ) -> GaussianMixtureBaseline:
     """Fit Gaussian mixtures on ``train``, choosing the component count on ``val``.
 
@@ -184,14 +185,19 @@ def fit_gaussian_mixture(
     (so the covariance regularisation is scale-free) and scored by mean validation
     log-likelihood; the search stops after 3 counts in a row without improvement. ``k``
     is capped at ``max_components`` and at ``n_train // (5 * (dim + 1))``, so each
-    component has some five points per mean-and-scale parameter.
+    component has some five points per mean-and-scale parameter. Each mixture is fitted on
+    at most ``max_train`` train rows (a random subset drawn with ``seed``; all rows when
+    fewer): EM's cost grows with the rows, while the estimation error of a mixture's
+    :math:`p` parameters, about :math:`p / (2n)` nats of KL, is below 0.0003 nats for
+    20 components in 2-D at 200,000 rows.
 
     Args:
         train: training rows, shape ``(n, dim)``.
         val: validation rows, shape ``(n_val, dim)``.
         max_components: the largest ``k`` tried.
         covariance_type: ``full``, ``tied``, ``diag`` or ``spherical`` (as in scikit-learn).
-        seed: ``random_state`` of every mixture.
+        seed: ``random_state`` of every mixture, and the draw of the ``max_train`` rows.
+        max_train: the most train rows a mixture is fitted on.
 
     Example:
         >>> rng = np.random.default_rng(0)
@@ -211,9 +217,13 @@ def fit_gaussian_mixture(
     start = time.perf_counter()
     x_train, x_val = _train_val(train, val)
     loc, scale = _standardization(x_train)
+    if isinstance(max_train, bool) or not isinstance(max_train, (int, np.integer)) \
+            or max_train < 1:
+        raise ValueError(f"Expected an integer max_train >= 1; got {max_train!r}")
     z_train, z_val = (x_train - loc) / scale, (x_val - loc) / scale
+    z_train = _subsample(z_train, int(max_train), np.random.default_rng(seed))
     log_det = float(np.log(scale).sum())
-    cap = max(1, min(int(max_components), x_train.shape[0] // (5 * (x_train.shape[1] + 1))))
+    cap = max(1, min(int(max_components), z_train.shape[0] // (5 * (z_train.shape[1] + 1))))
     scores: dict[float, float] = {}
     best: GaussianMixture | None = None
     best_k = 0
