@@ -19,7 +19,7 @@ __version__ = "0.1.0"
 from realnvp.flow import ARCHITECTURES, Flow, RealNVP, architecture  # noqa: E402
 from realnvp.io import ModelFileError, load, save  # noqa: E402
 from realnvp.mixture import FlowMixture  # noqa: E402
-from realnvp.training import History, TrainConfig, fit  # noqa: E402
+from realnvp.training import History, TrainConfig, fit, fit_ensemble  # noqa: E402
 
 # --- RealNVPDensity (estimator.py): imported on first use, because scikit-learn adds seconds
 # to ``import realnvp`` (and so to every CLI command) ---
@@ -47,6 +47,7 @@ __all__ = [
     "__version__",
     "architecture",
     "fit",
+    "fit_ensemble",
     "load",
     "save",
 ]

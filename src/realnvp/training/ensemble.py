@@ -44,13 +44,14 @@ def fit_ensemble(
     :math:`\frac1K\sum_k p_k` averages them. ``callbacks`` watch member 0. With
     ``checkpoint_dir``, member ``k`` checkpoints to ``checkpoint_dir/members/<k>``, and
     ``resume`` continues each member that has a checkpoint there (a finished one is not
-    rerun). Other keyword arguments go to :func:`~realnvp.fit` unchanged.
+    rerun). With ``progress`` (on a terminal by default) each member's start is announced
+    above its progress bar. Other keyword arguments go to :func:`~realnvp.fit` unchanged.
 
     Example:
         >>> import torch, realnvp
         >>> mix = realnvp.FlowMixture([realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,), seed=k)
         ...                            for k in range(2)])
-        >>> histories = fit_ensemble(mix, torch.randn(200, 2), steps=20, progress=False)
+        >>> histories = realnvp.fit_ensemble(mix, torch.randn(200, 2), steps=20, progress=False)
         >>> len(histories)
         2
     """
@@ -64,7 +65,7 @@ def fit_ensemble(
     histories = []
     for k, member in enumerate(mixture.members):
         folder = None if checkpoint_dir is None else Path(checkpoint_dir) / MEMBERS_FOLDER / str(k)
-        if progress is not False and len(mixture) > 1:
+        if progress or (progress is None and sys.stderr.isatty()):
             print(f"member {k + 1} of {len(mixture)} (seed {seed + k})", file=sys.stderr)
         histories.append(fit(
             member, train, val_data=val, seed=seed + k,
