@@ -161,6 +161,9 @@ def test_resume_an_ensemble(tmp_path: Path) -> None:
         member, step = line.split(",")[:2]
         last[member] = max(last.get(member, 0), int(step))
     assert last == {"0": 60, "1": 60}
+    (run / "model.safetensors").unlink()  # as if the run had been stopped before the end
+    with pytest.raises(realnvp.ModelFileError, match="unfinished ensemble run.*--resume"):
+        realnvp.load(run)
 
 
 def test_bad_ensemble_size_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]

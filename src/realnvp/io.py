@@ -165,6 +165,9 @@ def resolve_model_path(path: str | os.PathLike[str]) -> Path:
         p = folder / MODEL_FILE
         if not p.exists() and (folder / "checkpoint.safetensors").is_file():
             p = folder / "checkpoint.safetensors"  # an unfinished run: its latest checkpoint
+        elif not p.exists() and (folder / "members").is_dir():
+            raise ModelFileError(f"{folder}: an unfinished ensemble run (no {MODEL_FILE} yet); "
+                                 f"finish it with: realnvp train --resume {folder}")
     elif not p.exists() and p.suffix == "" and p.with_suffix(".safetensors").exists():
         p = p.with_suffix(".safetensors")
     if not p.exists():
