@@ -190,3 +190,16 @@ def test_fit_ensemble_trains_every_member_on_the_same_split(generator: torch.Gen
         assert mean_nll(member, val) == pytest.approx(history.best_val_nll, rel=1e-10)
     with pytest.raises(TypeError, match="FlowMixture"):
         fit_ensemble(mix.members[0], x, steps=1)  # type: ignore[arg-type]
+
+
+def test_training_curve_of_an_ensemble_shows_its_first_member() -> None:
+    import pandas as pd
+
+    from realnvp.plotting import plot_training_curve
+
+    rows = [{"member": k, "step": s, "train_nll": 1.0 + k + 1 / s, "val_nll": 1.1 + k,
+             "lr": 1e-3} for k in range(2) for s in (100, 200, 300)]
+    ax = plot_training_curve(pd.DataFrame(rows))
+    train_line = next(line for line in ax.get_lines() if line.get_label() == "train NLL")
+    assert list(train_line.get_xdata()) == [100, 200, 300]
+    assert max(train_line.get_ydata()) < 2.0  # member 1's curve (above 2) is not drawn
