@@ -203,3 +203,64 @@ def test_training_curve_of_an_ensemble_shows_its_first_member() -> None:
     train_line = next(line for line in ax.get_lines() if line.get_label() == "train NLL")
     assert list(train_line.get_xdata()) == [100, 200, 300]
     assert max(train_line.get_ydata()) < 2.0  # member 1's curve (above 2) is not drawn
+
+
+def _small_mixture(n: int = 2) -> FlowMixture:
+    return FlowMixture([realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,), seed=k)
+                        for k in range(n)]).float()
+
+
+def _checkpoint_step(folder: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "checkpoint.safetensors"), "pt") as f:
+        return int(json.loads(f.metadata()["checkpoint"])["step"])
+
+
+def test_members_trained_at_once_match_members_trained_in_turn(
+        generator: torch.Generator) -> None:
+    from realnvp.training import fit_ensemble
+
+    x = torch.randn(400, 2, generator=generator, dtype=torch.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # in turn, on one thread each, as the workers train
+    try:
+        in_turn = _small_mixture(3)
+        fit_ensemble(in_turn, x, steps=40, batch_size=64, progress=False, workers=1)
+    finally:
+        torch.set_num_threads(threads)
+    at_once = _small_mixture(3)
+    fit_ensemble(at_once, x, steps=40, batch_size=64, progress=False, workers=2)
+    assert torch.get_num_threads() == threads  # restored
+    for a, b in zip(in_turn.state_dict().values(), at_once.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="workers >= 1"):
+        fit_ensemble(at_once, x, steps=1, workers=0)
+
+
+def test_a_failing_member_stops_the_others(tmp_path: Path, generator: torch.Generator) -> None:
+    from realnvp.training import fit_ensemble
+
+    def fail(step: int, flow: realnvp.Flow) -> None:
+        if step == 50:
+            raise ValueError("member 0 failed")
+
+    x = torch.randn(400, 2, generator=generator, dtype=torch.float32)
+    with pytest.raises(ValueError, match="member 0 failed"):
+        fit_ensemble(_small_mixture(), x, steps=10**6, batch_size=32, progress=False,
+                     workers=2, callbacks=[fail], checkpoint_dir=tmp_path,
+                     checkpoint_every=10**6)
+    # member 1 stopped after its current step, saving where it was, long before the end
+    assert 0 < _checkpoint_step(tmp_path / "members" / "1") < 10**6
+
+
+def test_stop_event_ends_fit_like_ctrl_c(tmp_path: Path, generator: torch.Generator) -> None:
+    import threading
+
+    stop = threading.Event()
+    stop.set()
+    flow = realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,))
+    with pytest.raises(KeyboardInterrupt):
+        realnvp.fit(flow, torch.randn(100, 2, generator=generator), steps=100, progress=False,
+                    checkpoint_dir=tmp_path, stop_event=stop)
+    assert _checkpoint_step(tmp_path) == 1

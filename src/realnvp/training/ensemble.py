@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import torch
 from realnvp._validation import as_float_tensor
 from realnvp.mixture import FlowMixture
 from realnvp.training.checkpoint import CHECKPOINT_FILE
-from realnvp.training.fit import Callback, History, fit, split
+from realnvp.training.fit import Callback, History, fit, resolve_device, split
 
 __all__ = ["MEMBERS_FOLDER", "fit_ensemble"]
 
@@ -31,6 +34,7 @@ def fit_ensemble(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool | None = None,
+    workers: int | None = None,
     **kwargs: Any,
 ) -> list[History]:
     r"""Fit each member of ``mixture`` with :func:`~realnvp.fit`; returns their histories.
@@ -44,8 +48,15 @@ def fit_ensemble(
     :math:`\frac1K\sum_k p_k` averages them. ``callbacks`` watch member 0. With
     ``checkpoint_dir``, member ``k`` checkpoints to ``checkpoint_dir/members/<k>``, and
     ``resume`` continues each member that has a checkpoint there (a finished one is not
-    rerun). With ``progress`` (on a terminal by default) each member's start is announced
-    above its progress bar. Other keyword arguments go to :func:`~realnvp.fit` unchanged.
+    rerun). Other keyword arguments go to :func:`~realnvp.fit` unchanged.
+
+    On the CPU, ``workers`` members train at once, each on one thread (default: as many as
+    torch has threads, at most ``K``): one small flow's step does not keep several cores
+    busy, whole members do. With ``workers`` > 1 each member trains on one thread, so its
+    result does not depend on how many run at once; ``workers=1`` trains them one after the
+    other with torch's threads, as on an accelerator. A Ctrl-C stops every member after its
+    current step, with its checkpoint saved.
+    ``progress`` shows member 0's progress bar (on a terminal by default).
 
     Example:
         >>> import torch, realnvp
@@ -62,14 +73,68 @@ def fit_ensemble(
         train, val = split(x, val_fraction, torch.Generator().manual_seed(int(seed)))
     else:
         train, val = x, as_float_tensor(val_data, mixture.dim, "validation data")
-    histories = []
-    for k, member in enumerate(mixture.members):
+    device = resolve_device(kwargs.get("device", "cpu"))
+    n = len(mixture)
+    if workers is None:
+        workers = min(n, torch.get_num_threads()) if device.type == "cpu" else 1
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"Expected workers >= 1; got {workers!r}")
+    workers = min(workers, n) if device.type == "cpu" else 1
+    stop = threading.Event()
+
+    def member(k: int) -> History:
+        if stop.is_set():  # stopped before this member began: nothing to save
+            raise KeyboardInterrupt
         folder = None if checkpoint_dir is None else Path(checkpoint_dir) / MEMBERS_FOLDER / str(k)
-        if progress or (progress is None and sys.stderr.isatty()):
-            print(f"member {k + 1} of {len(mixture)} (seed {seed + k})", file=sys.stderr)
-        histories.append(fit(
-            member, train, val_data=val, seed=seed + k,
+        return fit(
+            mixture.members[k], train, val_data=val, seed=seed + k,
             callbacks=callbacks if k == 0 else (), checkpoint_dir=folder,
             resume=resume and folder is not None and (folder / CHECKPOINT_FILE).is_file(),
-            progress=progress, **kwargs))
+            progress=progress if k == 0 or workers == 1 else False, stop_event=stop, **kwargs)
+
+    if progress or (progress is None and sys.stderr.isatty()):
+        at_once = f", {workers} at a time on one thread each" if workers > 1 else ""
+        print(f"training {n} flows (seeds {seed}..{seed + n - 1}){at_once}", file=sys.stderr)
+    if workers == 1:
+        return [member(k) for k in range(n)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with _StopOnCtrlC(stop), ThreadPoolExecutor(workers, "realnvp-member") as pool:
+            futures = [pool.submit(member, k) for k in range(n)]
+            histories, error = [], None
+            for future in futures:
+                try:
+                    histories.append(future.result())
+                except BaseException as e:  # noqa: BLE001 - stop the others, then re-raise
+                    stop.set()
+                    error = error or e
+            if error is not None:
+                raise error
+    finally:
+        torch.set_num_threads(threads)
     return histories
+
+
+class _StopOnCtrlC:
+    """Within ``with`` (in the main thread): a Ctrl-C sets ``stop``, which every member's
+    loop checks after each step; a second one raises ``KeyboardInterrupt`` at once."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.stop.is_set():
+            raise KeyboardInterrupt
+        self.stop.set()
+
+    def __enter__(self) -> _StopOnCtrlC:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None

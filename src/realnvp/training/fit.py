@@ -421,6 +421,7 @@ def fit(
     max_bad_steps: int = 20,
     columns: Sequence[str] | None = None,
     dequantize: bool | str = "auto",
+    stop_event: threading.Event | None = None,
 ) -> History:
     r"""Fit ``flow`` to the rows of ``data`` by maximum likelihood; returns the :class:`History`.
 
@@ -443,6 +444,10 @@ def fit(
     ``[-h/2, h/2]`` added to every batch (Theis et al. 2016), so the flow learns a smooth
     density instead of spikes on the grid; ``log_prob`` at a grid point then approximates
     ``P(bin) / h``. ``history.dequantized`` lists those columns; ``False`` turns it off.
+
+    ``stop_event``, set from another thread, ends the run as a first Ctrl-C does: the current step
+    finishes, a checkpoint is saved (with ``checkpoint_dir``) and ``KeyboardInterrupt`` is
+    raised. (Ctrl-C itself is caught only when ``fit`` runs in the main thread.)
 
     Example:
         >>> import torch, realnvp
@@ -560,7 +565,8 @@ def fit(
                     checkpoint(step)
                 if bar is not None:
                     bar.update(1)
-                if interrupt.requested:  # Ctrl-C: finish the step, save it, then stop
+                if interrupt.requested or (stop_event is not None and stop_event.is_set()):
+                    # Ctrl-C (or ``stop_event``): finish the step, save it, then stop
                     history.stopped = f"interrupted at step {step}"
                     history.seconds = time.perf_counter() - t0
                     checkpoint(step)
