@@ -50,13 +50,13 @@ def fit_ensemble(
     ``resume`` continues each member that has a checkpoint there (a finished one is not
     rerun). Other keyword arguments go to :func:`~realnvp.fit` unchanged.
 
-    On the CPU, ``workers`` members train at once, each on one thread (default: as many as
-    torch has threads, at most ``K``): one small flow's step does not keep several cores
-    busy, whole members do. With ``workers`` > 1 each member trains on one thread, so its
-    result does not depend on how many run at once; ``workers=1`` trains them one after the
-    other with torch's threads, as on an accelerator. A Ctrl-C stops every member after its
-    current step, with its checkpoint saved.
-    ``progress`` shows member 0's progress bar (on a terminal by default).
+    On the CPU, ``workers`` members train at once, each on one thread (default: all ``K``,
+    the operating system sharing the cores among them): one small flow's step does not keep
+    several cores busy, whole members do. With ``workers`` > 1 each member trains on one
+    thread, so its result does not depend on how many run at once; ``workers=1`` trains
+    them one after the other with torch's threads, as on an accelerator. A Ctrl-C stops
+    every member after its current step, with its checkpoint saved. ``progress`` shows
+    member 0's progress bar (on a terminal by default).
 
     Example:
         >>> import torch, realnvp
@@ -76,7 +76,7 @@ def fit_ensemble(
     device = resolve_device(kwargs.get("device", "cpu"))
     n = len(mixture)
     if workers is None:
-        workers = min(n, torch.get_num_threads()) if device.type == "cpu" else 1
+        workers = n if device.type == "cpu" else 1
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"Expected workers >= 1; got {workers!r}")
     workers = min(workers, n) if device.type == "cpu" else 1
