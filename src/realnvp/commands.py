@@ -215,15 +215,16 @@ def _final_metrics(flow: Any, data: runs.Data, histories: list[Any], seconds: fl
         "dequantized_max": {data.columns[j]: float(np.max(data.x[:, j]))
                             for j in history.dequantized},
     }
-    if isinstance(flow, FlowMixture):
-        from realnvp.training.fit import split
+    if isinstance(flow, FlowMixture):  # scored as its members were validated
+        from realnvp.training.fit import mean_nll, split, validation_rows
 
         _, val = split(torch.as_tensor(data.x), config.val_fraction,
                        torch.Generator().manual_seed(int(config.seed)))
         if val is not None:
-            with torch.inference_mode():
-                metrics["val_nll"] = -float(flow.log_prob(runs.as_tensor(val.numpy(), flow))
-                                            .double().mean())
+            noise = torch.tensor([history.dequantized.get(j, 0.0) for j in range(flow.dim)])
+            rows = validation_rows(runs.as_tensor(val.numpy(), flow),
+                                   noise if history.dequantized else None, config.seed)
+            metrics["val_nll"] = mean_nll(flow, rows)
         metrics["members"] = [
             {"seed": config.seed + k, "val_nll": h.best_val_nll, "best_step": h.best_step,
              "stopped": h.stopped} for k, h in enumerate(histories)]

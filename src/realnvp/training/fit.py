@@ -20,11 +20,13 @@ from realnvp._validation import as_float_tensor
 from realnvp.bijections import ActNorm
 from realnvp.bijections._blocks import flushing_denormals
 from realnvp.flow import Flow
+from realnvp.mixture import FlowMixture
 from realnvp.training.fast import fast_step_for, split_rows
 
-__all__ = ["AUTO_DECAY_MAX_ROWS", "AUTO_DECAY_ROWS", "SUBNORMAL_EVERY", "History",
-           "NonFiniteLossError", "TrainStep", "fit", "lattice_steps", "make_train_step",
-           "mean_nll", "resolve_device", "resolve_weight_decay"]
+__all__ = ["AUTO_DECAY_MAX_ROWS", "AUTO_DECAY_ROWS", "SUBNORMAL_EVERY", "VALIDATION_ROWS",
+           "History", "NonFiniteLossError", "TrainStep", "fit", "lattice_steps",
+           "make_train_step", "mean_nll", "resolve_device", "resolve_weight_decay",
+           "validation_rows"]
 
 Callback = Callable[[int, Flow], None]
 
@@ -139,14 +141,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
-def mean_nll(flow: Flow, x: Tensor, chunk: int = 65536) -> float:
+def mean_nll(flow: Flow | FlowMixture, x: Tensor, chunk: int = 65536) -> float:
     """Mean negative log-likelihood of the rows of ``x`` (evaluated in chunks, no grad)."""
     total = 0.0
     with torch.inference_mode():
         for start in range(0, x.shape[0], chunk):
             xb = x[start : start + chunk]
-            z, log_det = flow.bijection(xb)
-            total -= float((flow.base.log_prob(z) + log_det).sum())
+            if isinstance(flow, Flow):  # the bijection itself: no input checks per call
+                z, log_det = flow.bijection(xb)
+                total -= float((flow.base.log_prob(z) + log_det).sum())
+            else:
+                total -= float(flow.log_prob(xb).sum())
     return total / x.shape[0]
 
 
@@ -160,6 +165,24 @@ def split(
         return data, None
     order = torch.randperm(n, generator=generator)
     return data[order[n_val:]], data[order[:n_val]]
+
+
+VALIDATION_ROWS = 20000
+"""Validations score at most this many held-out rows (the first ones)."""
+
+
+def validation_rows(val: Tensor | None, noise: Tensor | None, seed: int) -> Tensor | None:
+    """The rows :func:`fit` validates on: the first :data:`VALIDATION_ROWS` of ``val``, with
+    dequantisation noise of width ``noise`` per column (rounded columns) drawn once from
+    ``seed``, so that every validation scores the same points."""
+    if val is None:
+        return None
+    rows = val[:VALIDATION_ROWS]
+    if noise is None:
+        return rows
+    fixed = torch.rand(rows.shape, generator=torch.Generator().manual_seed(int(seed)),
+                       dtype=rows.dtype)
+    return rows + (fixed.to(rows.device) - 0.5) * noise.to(rows.device, rows.dtype)
 
 
 def lattice_steps(x: Tensor, max_unique_fraction: float = 0.25, min_step: float = 0.02
@@ -508,11 +531,7 @@ def fit(
         ckpt.save_checkpoint(checkpoint_dir, flow, optimizer, scheduler, generator, batches,
                              0, history, None)
     noise = steps_h.to(dev) if history.dequantized else None
-    val_eval = val[:20000] if val is not None else None
-    if val_eval is not None and noise is not None:  # fixed noise: comparable validations
-        fixed = torch.rand(val_eval.shape, generator=torch.Generator().manual_seed(int(seed)),
-                           dtype=dtype)
-        val_eval = val_eval + (fixed.to(dev) - 0.5) * noise
+    val_eval = validation_rows(val, noise, seed)
 
     if start_step == 0 and val_eval is not None:
         # The starting flow (a Gaussian fitted by the standardisation) is a candidate too:
