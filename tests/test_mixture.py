@@ -71,6 +71,8 @@ def test_mixture_refuses_bad_members() -> None:
         FlowMixture([_member(0), torch.nn.Linear(2, 2)])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="member 1 has dim=3"):
         FlowMixture([_member(0), _member(1, dim=3)])
+    with pytest.raises(ValueError, match="one dtype; member 1 is torch.float32"):
+        FlowMixture([_member(0), _member(1).float()])
     with pytest.raises(ValueError, match="Expected 2 columns; got 3|2 features"):
         FlowMixture([_member(0), _member(1)]).log_prob(torch.zeros(4, 3))
 

@@ -53,6 +53,9 @@ class FlowMixture(nn.Module):
                     f"and {m.context_features} context features, member 0 dim={first.dim} "
                     f"and {first.context_features}"
                 )
+            if m._anchor().dtype != first._anchor().dtype:
+                raise ValueError(f"Expected members of one dtype; member {k} is "
+                                 f"{m._anchor().dtype}, member 0 {first._anchor().dtype}")
         self.members = nn.ModuleList(members)
 
     def __len__(self) -> int:
