@@ -266,3 +266,17 @@ def test_stop_event_ends_fit_like_ctrl_c(tmp_path: Path, generator: torch.Genera
         realnvp.fit(flow, torch.randn(100, 2, generator=generator), steps=100, progress=False,
                     checkpoint_dir=tmp_path, stop_event=stop)
     assert _checkpoint_step(tmp_path) == 1
+
+
+def test_a_member_that_fails_later_in_order_stops_the_first(
+        tmp_path: Path, generator: torch.Generator) -> None:
+    from realnvp.training import NonFiniteLossError, fit_ensemble
+
+    mixture = _small_mixture()
+    with torch.no_grad():
+        next(mixture.members[1].parameters()).fill_(math.nan)  # member 1 fails at once
+    x = torch.randn(400, 2, generator=generator, dtype=torch.float32)
+    with pytest.raises(NonFiniteLossError, match="non-finite"):
+        fit_ensemble(mixture, x, steps=10**6, batch_size=32, progress=False, workers=2,
+                     checkpoint_dir=tmp_path, checkpoint_every=10**6)
+    assert 0 < _checkpoint_step(tmp_path / "members" / "0") < 10**6

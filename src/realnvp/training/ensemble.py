@@ -6,7 +6,7 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -102,18 +102,15 @@ def fit_ensemble(
     try:
         with _StopOnCtrlC(stop), ThreadPoolExecutor(workers, "realnvp-member") as pool:
             futures = [pool.submit(member, k) for k in range(n)]
-            histories, error = [], None
-            for future in futures:
-                try:
-                    histories.append(future.result())
-                except BaseException as e:  # noqa: BLE001 - stop the others, then re-raise
-                    stop.set()
-                    error = error or e
-            if error is not None:
-                raise error
+            for future in futures:  # a member that fails stops the others after their step
+                future.add_done_callback(lambda f: f.exception() is not None and stop.set())
+            wait(futures)
     finally:
         torch.set_num_threads(threads)
-    return histories
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:  # the failure itself, rather than the interruptions it caused
+        raise next((e for e in errors if not isinstance(e, KeyboardInterrupt)), errors[0])
+    return [f.result() for f in futures]
 
 
 class _StopOnCtrlC:
