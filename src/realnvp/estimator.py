@@ -87,7 +87,8 @@ class RealNVPDensity(OutlierMixin, DensityMixin, BaseEstimator):
         verbose: show a progress bar while training.
 
     Attributes:
-        flow_: the fitted :class:`realnvp.Flow` (CPU, float64, eval mode).
+        flow_: the fitted :class:`realnvp.Flow` (CPU, float64, eval mode); a
+            :class:`realnvp.FlowMixture` when :meth:`load` opens an ensemble run.
         offset_: threshold on ``score_samples``; rows below it are outliers.
         n_features_in_: number of features seen in ``fit``.
         feature_names_in_: column names, when ``fit`` was given a DataFrame of string names.
