@@ -280,3 +280,48 @@ def test_a_member_that_fails_later_in_order_stops_the_first(
         fit_ensemble(mixture, x, steps=10**6, batch_size=32, progress=False, workers=2,
                      checkpoint_dir=tmp_path, checkpoint_every=10**6)
     assert 0 < _checkpoint_step(tmp_path / "members" / "0") < 10**6
+
+
+def test_ctrl_c_stops_every_member_and_resume_finishes_the_ensemble(
+        tmp_path: Path, generator: torch.Generator) -> None:
+    """A real SIGINT while two members train at once: both stop after their step with a
+    checkpoint, ``KeyboardInterrupt`` reaches the caller, and resuming gives the weights
+    of an uninterrupted run."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from realnvp.training import fit_ensemble
+
+    x = torch.randn(400, 2, generator=generator, dtype=torch.float32)
+    kw = {"steps": 3000, "batch_size": 32, "progress": False, "workers": 2,
+          "checkpoint_every": 20}
+
+    def interrupt_after_step_100() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if _checkpoint_step(tmp_path / "run" / "members" / "0") >= 100:
+                    os.kill(os.getpid(), signal.SIGINT)
+                    return
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=interrupt_after_step_100, daemon=True)
+    watcher.start()
+    mixture = _small_mixture()
+    with pytest.raises(KeyboardInterrupt):
+        fit_ensemble(mixture, x, checkpoint_dir=tmp_path / "run", **kw)
+    watcher.join(timeout=60)
+    steps = [_checkpoint_step(tmp_path / "run" / "members" / str(k)) for k in range(2)]
+    assert steps[0] >= 100 and all(0 < s < 3000 for s in steps), steps
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    resumed = _small_mixture()
+    fit_ensemble(resumed, x, checkpoint_dir=tmp_path / "run", resume=True, **kw)
+    reference = _small_mixture()
+    fit_ensemble(reference, x, checkpoint_dir=tmp_path / "reference", **kw)
+    for a, b in zip(resumed.state_dict().values(), reference.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
