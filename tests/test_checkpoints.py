@@ -7,25 +7,23 @@ trials cost well under a second each; the command-line test SIGKILLs a real
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_file
 
 import realnvp
 import realnvp.cli
+from checkpoint_watch import checkpoint_meta, sigint_at_step
 from realnvp.datasets import get_toy
 from realnvp.io import ModelFileError
 from realnvp.training.checkpoint import CHECKPOINT_FILE
@@ -46,11 +44,6 @@ def _flow() -> realnvp.Flow:
 def _same_weights(a: realnvp.Flow, b: realnvp.Flow) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
-
-
-def _checkpoint_meta(folder: Path) -> dict:
-    with safe_open(folder / CHECKPOINT_FILE, "pt") as f:
-        return json.loads(f.metadata()["checkpoint"])
 
 
 def _leftovers(folder: Path) -> list[str]:
@@ -80,7 +73,7 @@ def test_a_clean_run_leaves_one_complete_checkpoint_and_no_temporary_files(
     flow, history, _ = _reference(tmp_path)
     folder = tmp_path / "reference"
     assert sorted(p.name for p in folder.iterdir()) == [CHECKPOINT_FILE]
-    meta = _checkpoint_meta(folder)
+    meta = checkpoint_meta(folder)
     assert meta["step"] == KW["steps"]
     assert meta["history"]["best_step"] == history.best_step
     assert meta["has_best"] and meta["scheduler"]["last_epoch"] == KW["steps"]
@@ -97,7 +90,7 @@ def test_a_checkpoint_is_written_every_n_steps(tmp_path: Path) -> None:
 
     def watch(step: int, flow: realnvp.Flow) -> None:  # runs before that step's checkpoint
         if (tmp_path / CHECKPOINT_FILE).exists():
-            seen[step] = _checkpoint_meta(tmp_path)["step"]
+            seen[step] = checkpoint_meta(tmp_path)["step"]
 
     realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, callbacks=[watch],
                 **{**KW, "steps": 20, "checkpoint_every": 5})
@@ -110,7 +103,7 @@ def test_checkpoint_every_need_not_be_a_multiple_of_eval_every(tmp_path: Path) -
 
     def watch(step: int, flow: realnvp.Flow) -> None:
         if (tmp_path / CHECKPOINT_FILE).exists():
-            seen.add(_checkpoint_meta(tmp_path)["step"])
+            seen.add(checkpoint_meta(tmp_path)["step"])
 
     realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, callbacks=[watch],
                 **{**KW, "steps": 20, "eval_every": 10, "checkpoint_every": 4})
@@ -150,7 +143,7 @@ def test_resume_from_a_periodic_checkpoint_ends_with_the_same_weights(
             shutil.copy(run / CHECKPOINT_FILE, snapshot / CHECKPOINT_FILE)
 
     realnvp.fit(_flow(), _data(), checkpoint_dir=run, callbacks=[freeze], **KW)
-    assert _checkpoint_meta(snapshot)["step"] == cut
+    assert checkpoint_meta(snapshot)["step"] == cut
     resumed = realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,), seed=99)  # all of it restored
     history = realnvp.fit(resumed, _data(), checkpoint_dir=snapshot, resume=True, **KW)
     assert _same_weights(resumed, reference)
@@ -204,7 +197,7 @@ def test_ctrl_c_saves_a_loadable_checkpoint_then_reraises(tmp_path: Path) -> Non
     with pytest.raises(KeyboardInterrupt):
         realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, callbacks=[_interrupt_at(23)],
                     **KW)
-    meta = _checkpoint_meta(tmp_path)
+    meta = checkpoint_meta(tmp_path)
     assert 22 <= meta["step"] <= 23  # the last step completed (not a periodic checkpoint)
     assert meta["history"]["stopped"].startswith("interrupted at step")
     assert realnvp.load(tmp_path).dim == 2
@@ -287,7 +280,7 @@ def test_sigkill_at_random_moments_always_leaves_a_run_that_loads_and_resumes_ex
             with pytest.raises(ModelFileError, match="no checkpoint"):
                 realnvp.fit(_flow(), _data(), checkpoint_dir=folder, resume=True, **KILL_KW)
             continue
-        step = _checkpoint_meta(folder)["step"]
+        step = checkpoint_meta(folder)["step"]
         assert step % KILL_KW["checkpoint_every"] == 0
         assert realnvp.load(folder).dim == 2  # the latest complete checkpoint loads
         resumed = realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,), seed=99)
@@ -340,7 +333,7 @@ def test_nan_every_step_stops_with_an_error_naming_the_step_and_keeps_the_last_g
     with pytest.raises(realnvp.training.NonFiniteLossError, match=r"step 15: 5 non-finite"):
         realnvp.fit(_flow(), x, checkpoint_dir=tmp_path, val_fraction=0.0, max_bad_steps=5,
                     callbacks=[poison], **KW)
-    assert _checkpoint_meta(tmp_path)["step"] == 10
+    assert checkpoint_meta(tmp_path)["step"] == 10
     assert realnvp.load(tmp_path).dim == 2
 
 
@@ -352,7 +345,7 @@ def test_weights_gone_nan_are_never_checkpointed(tmp_path: Path) -> None:
 
     with pytest.raises(realnvp.training.NonFiniteLossError, match="step 10"):
         realnvp.fit(_flow(), _data(), checkpoint_dir=tmp_path, callbacks=[corrupt], **KW)
-    assert _checkpoint_meta(tmp_path)["step"] == 5
+    assert checkpoint_meta(tmp_path)["step"] == 5
 
 
 # --- the command line: seeding, SIGKILL, Ctrl-C, resume ---
@@ -384,32 +377,13 @@ def _wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float 
     while time.monotonic() < deadline:
         if (run / CHECKPOINT_FILE).exists():
             try:
-                if _checkpoint_meta(run)["step"] >= step:
+                if checkpoint_meta(run)["step"] >= step:
                     return
             except (OSError, ValueError, KeyError):
                 pass  # replaced while we read it: look again
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.01)
     raise AssertionError(f"{run}: no checkpoint of step {step} within {timeout} s")
-
-
-def _sigint_at_step(run: Path, step: int, timeout: float = 60) -> threading.Thread:
-    """Send this process a SIGINT (a terminal's Ctrl-C) once ``run`` has passed ``step``."""
-
-    def watch() -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if _checkpoint_meta(run)["step"] >= step:
-                    os.kill(os.getpid(), signal.SIGINT)
-                    return
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.005)
-
-    thread = threading.Thread(target=watch, daemon=True)
-    thread.start()
-    return thread
 
 
 def test_cli_ctrl_c_then_sigkill_then_resume_finishes_the_run(
@@ -426,7 +400,7 @@ def test_cli_ctrl_c_then_sigkill_then_resume_finishes_the_run(
     torch.set_default_dtype(torch.float32)  # as in a fresh process (conftest sets float64)
     (tmp_path / "fast.toml").write_text("eval_every = 10\n")
     run = tmp_path / "run"
-    watcher = _sigint_at_step(run, 100)
+    watcher = sigint_at_step(run, 100)
     with pytest.raises(SystemExit) as info:
         realnvp.cli.main([*CLI_TRAIN, "--out", "run"])
     watcher.join(timeout=60)
@@ -476,7 +450,7 @@ def test_ctrl_c_during_a_resumed_run_says_how_to_resume(
     args = [*CLI_TRAIN[:CLI_TRAIN.index("--steps")], "--steps", "60",
             *CLI_TRAIN[CLI_TRAIN.index("--steps") + 2:], "--out", "run"]
     realnvp.cli.main(args)
-    watcher = _sigint_at_step(tmp_path / "run", 100)
+    watcher = sigint_at_step(tmp_path / "run", 100)
     with pytest.raises(SystemExit) as info:
         realnvp.cli.main(["train", "--resume", "run", "--steps", "100000", "--no-plots",
                           "--quiet", "--checkpoint-every", "20"])

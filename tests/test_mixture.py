@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import realnvp
 import realnvp.cli
+from checkpoint_watch import checkpoint_meta, sigint_at_step
 from realnvp.mixture import FlowMixture, as_single_flow
 
 
@@ -207,16 +208,13 @@ def test_training_curve_of_an_ensemble_shows_its_first_member() -> None:
     assert max(train_line.get_ydata()) < 2.0  # member 1's curve (above 2) is not drawn
 
 
+def _step(folder: Path) -> int:
+    return int(checkpoint_meta(folder)["step"])
+
+
 def _small_mixture(n: int = 2) -> FlowMixture:
     return FlowMixture([realnvp.RealNVP(dim=2, n_layers=2, hidden=(8,), seed=k)
                         for k in range(n)]).float()
-
-
-def _checkpoint_step(folder: Path) -> int:
-    from safetensors import safe_open
-
-    with safe_open(str(folder / "checkpoint.safetensors"), "pt") as f:
-        return int(json.loads(f.metadata()["checkpoint"])["step"])
 
 
 def test_members_trained_at_once_match_members_trained_in_turn(
@@ -253,7 +251,7 @@ def test_a_failing_member_stops_the_others(tmp_path: Path, generator: torch.Gene
                      workers=2, callbacks=[fail], checkpoint_dir=tmp_path,
                      checkpoint_every=10**6)
     # member 1 stopped after its current step, saving where it was, long before the end
-    assert 0 < _checkpoint_step(tmp_path / "members" / "1") < 10**6
+    assert 0 < _step(tmp_path / "members" / "1") < 10**6
 
 
 def test_stop_event_ends_fit_like_ctrl_c(tmp_path: Path, generator: torch.Generator) -> None:
@@ -265,7 +263,7 @@ def test_stop_event_ends_fit_like_ctrl_c(tmp_path: Path, generator: torch.Genera
     with pytest.raises(KeyboardInterrupt):
         realnvp.fit(flow, torch.randn(100, 2, generator=generator), steps=100, progress=False,
                     checkpoint_dir=tmp_path, stop_event=stop)
-    assert _checkpoint_step(tmp_path) == 1
+    assert _step(tmp_path) == 1
 
 
 def test_a_member_that_fails_later_in_order_stops_the_first(
@@ -279,7 +277,7 @@ def test_a_member_that_fails_later_in_order_stops_the_first(
     with pytest.raises(NonFiniteLossError, match="non-finite"):
         fit_ensemble(mixture, x, steps=10**6, batch_size=32, progress=False, workers=2,
                      checkpoint_dir=tmp_path, checkpoint_every=10**6)
-    assert 0 < _checkpoint_step(tmp_path / "members" / "0") < 10**6
+    assert 0 < _step(tmp_path / "members" / "0") < 10**6
 
 
 def test_ctrl_c_stops_every_member_and_resume_finishes_the_ensemble(
@@ -287,35 +285,19 @@ def test_ctrl_c_stops_every_member_and_resume_finishes_the_ensemble(
     """A real SIGINT while two members train at once: both stop after their step with a
     checkpoint, ``KeyboardInterrupt`` reaches the caller, and resuming gives the weights
     of an uninterrupted run."""
-    import os
     import signal
-    import threading
-    import time
 
     from realnvp.training import fit_ensemble
 
     x = torch.randn(400, 2, generator=generator, dtype=torch.float32)
     kw = {"steps": 3000, "batch_size": 32, "progress": False, "workers": 2,
           "checkpoint_every": 20}
-
-    def interrupt_after_step_100() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if _checkpoint_step(tmp_path / "run" / "members" / "0") >= 100:
-                    os.kill(os.getpid(), signal.SIGINT)
-                    return
-            except (OSError, ValueError, KeyError):
-                pass
-            time.sleep(0.005)
-
-    watcher = threading.Thread(target=interrupt_after_step_100, daemon=True)
-    watcher.start()
+    watcher = sigint_at_step(tmp_path / "run" / "members" / "0", 100)
     mixture = _small_mixture()
     with pytest.raises(KeyboardInterrupt):
         fit_ensemble(mixture, x, checkpoint_dir=tmp_path / "run", **kw)
     watcher.join(timeout=60)
-    steps = [_checkpoint_step(tmp_path / "run" / "members" / str(k)) for k in range(2)]
+    steps = [_step(tmp_path / "run" / "members" / str(k)) for k in range(2)]
     assert steps[0] >= 100 and all(0 < s < 3000 for s in steps), steps
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
     resumed = _small_mixture()

@@ -238,14 +238,14 @@ def from_bytes(data: bytes, name: str = "<bytes>") -> tuple[Flow | FlowMixture, 
     else:
         if not isinstance(specs, list) or not specs or not all(isinstance(s, dict) for s in specs):
             raise ModelFileError(f"{name}: corrupt mixture config (expected a list of flows)")
-        known = {f"members.{k}." for k in range(len(specs))}
-        stray = [key for key in state if key[: key.find(".", 8) + 1] not in known]
+        prefixes = tuple(f"members.{k}." for k in range(len(specs)))
+        stray = [key for key in state if not key.startswith(prefixes)]
         if stray:
             raise ModelFileError(f"{name}: weights do not match the config (unexpected {stray[0]})")
         flow = FlowMixture([
-            _build(spec, {key[len(f"members.{k}."):]: v for key, v in state.items()
-                          if key.startswith(f"members.{k}.")}, name, dtype)
-            for k, spec in enumerate(specs)])
+            _build(spec, {key[len(prefix):]: v for key, v in state.items()
+                          if key.startswith(prefix)}, name, dtype)
+            for spec, prefix in zip(specs, prefixes, strict=True)])
     flow.eval()
     return flow, extra if isinstance(extra, dict) else {}
 

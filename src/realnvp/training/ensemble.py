@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from collections.abc import Sequence
@@ -15,7 +14,14 @@ import torch
 from realnvp._validation import as_float_tensor
 from realnvp.mixture import FlowMixture
 from realnvp.training.checkpoint import CHECKPOINT_FILE
-from realnvp.training.fit import Callback, History, fit, resolve_device, split
+from realnvp.training.fit import (
+    Callback,
+    History,
+    _DeferredInterrupt,
+    fit,
+    resolve_device,
+    split,
+)
 
 __all__ = ["MEMBERS_FOLDER", "fit_ensemble"]
 
@@ -100,7 +106,7 @@ def fit_ensemble(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with _StopOnCtrlC(stop), ThreadPoolExecutor(workers, "realnvp-member") as pool:
+        with _DeferredInterrupt(stop), ThreadPoolExecutor(workers, "realnvp-member") as pool:
             futures = [pool.submit(member, k) for k in range(n)]
             for future in futures:  # a member that fails stops the others after their step
                 future.add_done_callback(lambda f: f.exception() is not None and stop.set())
@@ -111,27 +117,3 @@ def fit_ensemble(
     if errors:  # the failure itself, rather than the interruptions it caused
         raise next((e for e in errors if not isinstance(e, KeyboardInterrupt)), errors[0])
     return [f.result() for f in futures]
-
-
-class _StopOnCtrlC:
-    """Within ``with`` (in the main thread): a Ctrl-C sets ``stop``, which every member's
-    loop checks after each step; a second one raises ``KeyboardInterrupt`` at once."""
-
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop = stop
-        self._previous: Any = None
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.stop.is_set():
-            raise KeyboardInterrupt
-        self.stop.set()
-
-    def __enter__(self) -> _StopOnCtrlC:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None

@@ -468,9 +468,10 @@ def fit(
     density instead of spikes on the grid; ``log_prob`` at a grid point then approximates
     ``P(bin) / h``. ``history.dequantized`` lists those columns; ``False`` turns it off.
 
-    ``stop_event``, set from another thread, ends the run as a first Ctrl-C does: the current step
-    finishes, a checkpoint is saved (with ``checkpoint_dir``) and ``KeyboardInterrupt`` is
-    raised. (Ctrl-C itself is caught only when ``fit`` runs in the main thread.)
+    ``stop_event``, set from another thread, ends the run as a first Ctrl-C does: the current
+    step finishes, a checkpoint is saved (with ``checkpoint_dir``) and ``KeyboardInterrupt``
+    is raised; a first Ctrl-C sets it. (Ctrl-C is caught only when ``fit`` runs in the main
+    thread.)
 
     Example:
         >>> import torch, realnvp
@@ -552,7 +553,7 @@ def fit(
             ckpt.save_checkpoint(checkpoint_dir, flow, optimizer, scheduler, generator, batches,
                                  at, history, best_state)
 
-    interrupt = _DeferredInterrupt()
+    interrupt = _DeferredInterrupt(stop_event)
     try:
         with interrupt, flushing_denormals(), single_thread_for(
                 batches.batch_size, dev, train_step.fast is not None):
@@ -584,8 +585,7 @@ def fit(
                     checkpoint(step)
                 if bar is not None:
                     bar.update(1)
-                if interrupt.requested or (stop_event is not None and stop_event.is_set()):
-                    # Ctrl-C (or ``stop_event``): finish the step, save it, then stop
+                if interrupt.requested:  # Ctrl-C or stop_event: finish the step, save, stop
                     history.stopped = f"interrupted at step {step}"
                     history.seconds = time.perf_counter() - t0
                     checkpoint(step)
@@ -606,18 +606,23 @@ def fit(
 
 
 class _DeferredInterrupt:
-    """Within ``with``: a first Ctrl-C only sets :attr:`requested` (the loop then saves a
-    checkpoint at the end of the step and stops); a second one interrupts at once. Only in
-    the main thread, where Python delivers signals; elsewhere it does nothing."""
+    """Within ``with``: a first Ctrl-C only sets ``event`` (the training loops watching it
+    then save a checkpoint at the end of their step and stop); a second one interrupts at
+    once. Only in the main thread, where Python delivers signals; elsewhere it installs
+    nothing, and :attr:`requested` still reports ``event``, which another thread may set."""
 
-    def __init__(self) -> None:
-        self.requested = False
+    def __init__(self, event: threading.Event | None = None) -> None:
+        self.event = event if event is not None else threading.Event()
         self._previous: Any = None
+
+    @property
+    def requested(self) -> bool:
+        return self.event.is_set()
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
+        self.event.set()
 
     def __enter__(self) -> _DeferredInterrupt:
         if threading.current_thread() is threading.main_thread():
