@@ -34,6 +34,7 @@ CASES = {
     "spline-unbounded-input": {"dim": 2, "coupling": "spline", "input_bound": None},
     "spline-many-bins-one-hidden": {"dim": 4, "coupling": "spline", "bins": 16,
                                     "hidden": (24,)},
+    "spline-accurate-preset-bins": {"dim": 2, "coupling": "spline", "bins": 32},
 }
 
 
@@ -49,15 +50,19 @@ def _assert_matches(flow: realnvp.Flow, loss: torch.Tensor, loss_ref: torch.Tens
                     grads_32: list[torch.Tensor] | None = None) -> None:
     """Float32 against float64: the loss to 1e-5 relative, each gradient to 2e-5 of its
     largest entry, or, given float32 autograd's gradients ``grads_32``, to ten times
-    their own error where that is larger (splines with many narrow bins are
-    ill-conditioned in float32, whoever computes them)."""
+    their largest relative error over all parameters where that is larger: splines with
+    many narrow bins are ill-conditioned in float32, whoever computes them, and which
+    parameter's gradient suffers most differs between two float32 computations (32 bins,
+    12 random flows: the compiled step's largest relative error 1.3e-4, autograd's 9e-5)."""
     assert abs(float(loss) - float(loss_ref)) <= 1e-5 * (1 + abs(float(loss_ref)))
-    for i, ((pname, p), ref) in enumerate(zip(flow.named_parameters(), grads_ref, strict=True)):
+    relative_32 = 0.0
+    if grads_32 is not None:
+        relative_32 = max(float((g.double() - ref).abs().max()) / (float(ref.abs().max()) + 1e-3)
+                          for g, ref in zip(grads_32, grads_ref, strict=True) if ref.numel())
+    for (pname, p), ref in zip(flow.named_parameters(), grads_ref, strict=True):
         if ref.numel():
             scale = float(ref.abs().max()) + 1e-3
-            allowed = 2e-5 * scale
-            if grads_32 is not None:
-                allowed = max(allowed, 10 * float((grads_32[i].double() - ref).abs().max()))
+            allowed = max(2e-5, 10 * relative_32) * scale
             assert float((p.grad.double() - ref).abs().max()) <= allowed, pname
 
 
